@@ -19,7 +19,7 @@ def load_sandbox_env():
                 continue
             if line.startswith("export "):
                 line = line[len("export "):]
-            key, _, value = line.partition("=")
-            parts = shlex.split(value)
+            key, sep, value = line.partition("=")
+            parts = shlex.split(value) if sep else []
             env[key] = parts[0] if parts else ""
     return env
