@@ -1,0 +1,2 @@
+DROP INDEX datasets_owner_idx;
+ALTER TABLE datasets DROP COLUMN owner;

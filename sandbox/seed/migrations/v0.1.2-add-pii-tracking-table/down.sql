@@ -1,0 +1,1 @@
+DROP TABLE pii_access_tracking;

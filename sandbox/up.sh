@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Start the local platform on loopback: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# KWOK (+ one fake node), PostgreSQL 15 and OPA; seed the runbooks' world; write .sandbox/env.
+# Idempotent: when everything is already up it only checks health.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=sandbox/versions.sh
+. "$HERE/versions.sh"
+# shellcheck source=sandbox/lib.sh
+. "$HERE/lib.sh"
+
+T0=$(date +%s)
+
+if [ -f "$STATE/env" ] && all_recorded_alive; then
+    # shellcheck disable=SC1091
+    . "$STATE/env"
+    if health_check quiet; then
+        echo "sandbox: already up (KUBECONFIG=$KUBECONFIG); health OK"
+        exit 0
+    fi
+    echo "sandbox: recorded processes are alive but unhealthy; restarting" >&2
+fi
+
+if [ -d "$STATE/pids" ] && ls "$STATE"/pids/*.pid >/dev/null 2>&1; then
+    echo "sandbox: found state from an earlier run in $STATE; stopping what is left of it and starting clean"
+    "$HERE/down.sh" --quiet || true
+fi
+
+"$HERE/build.sh"
+
+rm -rf "$STATE"
+mkdir -p "$STATE"/{pids,logs,pki,kcache}
+chmod 755 "$STATE"
+
+API_PORT=$(free_port); ETCD_PORT=$(free_port); PEER_PORT=$(free_port); KCM_PORT=$(free_port)
+SCHED_PORT=$(free_port); PG_PORT=$(free_port); OPA_PORT=$(free_port)
+
+# ---- PKI and credentials -------------------------------------------------------------------
+P=$STATE/pki
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=governed-sandbox-ca -keyout "$P/ca.key" \
+    -out "$P/ca.crt" -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign >/dev/null 2>&1
+openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout "$P/apiserver.key" -out "$P/apiserver.csr" >/dev/null 2>&1
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$P/ext.cnf"
+openssl x509 -req -in "$P/apiserver.csr" -CA "$P/ca.crt" -CAkey "$P/ca.key" -CAcreateserial -days 30 \
+    -extfile "$P/ext.cnf" -out "$P/apiserver.crt" >/dev/null 2>&1
+openssl genrsa -out "$P/sa.key" 2048 >/dev/null 2>&1
+TOKEN=$(openssl rand -hex 24)
+echo "$TOKEN,admin,admin,system:masters" >"$P/tokens.csv"
+chmod 600 "$P"/*.key "$P/tokens.csv"
+KUBECONFIG_PATH=$STATE/kubeconfig
+cat >"$KUBECONFIG_PATH" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: sandbox
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority: $P/ca.crt
+users:
+- name: admin
+  user:
+    token: $TOKEN
+contexts:
+- name: sandbox
+  context: {cluster: sandbox, user: admin}
+current-context: sandbox
+EOF
+chmod 600 "$KUBECONFIG_PATH"
+export KUBECONFIG=$KUBECONFIG_PATH
+KUBECTL=$K8S_BIN/kubectl
+
+# ---- etcd ----------------------------------------------------------------------------------
+install -d -m 700 "$STATE/etcd"
+start_component etcd "$ETCD_BIN/etcd" --name=n0 --data-dir="$STATE/etcd" --unsafe-no-fsync \
+    --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$PEER_PORT" \
+    --initial-cluster="n0=http://127.0.0.1:$PEER_PORT" --listen-metrics-urls=""
+wait_for etcd 60 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+
+# ---- kube-apiserver ------------------------------------------------------------------------
+start_component kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --secure-port="$API_PORT" --cert-dir="$P" \
+    --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" --token-auth-file="$P/tokens.csv" \
+    --authorization-mode=RBAC --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$P/sa.key" --service-account-signing-key-file="$P/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none \
+    --disable-admission-plugins=ServiceAccount --enable-priority-and-fairness=false --allow-privileged=true
+wait_for kube-apiserver 120 "$KUBECTL" --cache-dir "$STATE/kcache" get --raw /readyz
+
+# The controller-manager and scheduler authenticate with the same admin token (sandbox only).
+start_component kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig="$KUBECONFIG_PATH" \
+    --leader-elect=false --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --root-ca-file="$P/ca.crt" \
+    --service-account-private-key-file="$P/sa.key" --use-service-account-credentials=false \
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics --controllers='*' \
+    --concurrent-deployment-syncs=10 --concurrent-replicaset-syncs=10
+start_component kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig="$KUBECONFIG_PATH" --leader-elect=false \
+    --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" \
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics
+
+# ---- KWOK: stages for fast node/pod lifecycle, pod deletion, and the chaos stage --------------
+S=$KWOK_BIN/stages
+{
+    for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease pod/fast/pod-ready \
+        pod/fast/pod-complete pod/fast/pod-delete pod/chaos/pod-container-running-failed; do
+        cat "$S/$f.yaml"; echo "---"
+    done
+} >"$STATE/kwok-stages.yaml"
+start_component kwok "$KWOK_BIN/kwok" --kubeconfig="$KUBECONFIG_PATH" --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake --node-lease-duration-seconds=40 \
+    --config="$STATE/kwok-stages.yaml"
+
+"$KUBECTL" --cache-dir "$STATE/kcache" apply -f "$HERE/seed/node.yaml" >/dev/null
+wait_for "fake node (kwok)" 90 "$KUBECTL" --cache-dir "$STATE/kcache" wait --for=condition=Ready node/kwok-node-0 --timeout=5s
+wait_for "kube-controller-manager (default service account)" 90 "$KUBECTL" --cache-dir "$STATE/kcache" get sa default -n default
+
+# ---- PostgreSQL 15 -----------------------------------------------------------------------
+start_postgres "$PG_PORT"
+
+# ---- OPA (the PEP's policy server) ---------------------------------------------------------
+mkdir -p "$STATE/policy-active"
+start_component opa "$OPA_BIN/opa" run --server --addr="127.0.0.1:$OPA_PORT" --watch \
+    --log-level=error "$STATE/policy-active"
+wait_for opa 30 curl -sf "http://127.0.0.1:$OPA_PORT/health"
+
+PG_PASSWORD=$(cat "$STATE/pg-password")
+cat >"$STATE/env" <<EOF
+# Written by sandbox/up.sh; source it to talk to the sandbox.
+export KUBECONFIG=$KUBECONFIG_PATH
+export K8S_AUTH_KUBECONFIG=$KUBECONFIG_PATH
+export SANDBOX_KUBECTL=$KUBECTL
+export SANDBOX_KUBECTL_CACHE=$STATE/kcache
+export SANDBOX_API_URL=https://127.0.0.1:$API_PORT
+export PGHOST=127.0.0.1
+export PGPORT=$PG_PORT
+export PGUSER=aureus
+export PGPASSWORD=$PG_PASSWORD
+export PGDATABASE=aureus_metadata
+export PGSUPERUSER=postgres
+export SANDBOX_PG_BINDIR=$PG_BINDIR
+export SANDBOX_OPA=$OPA_BIN/opa
+export SANDBOX_OPA_URL=http://127.0.0.1:$OPA_PORT
+export SANDBOX_POLICY_REPO=$STATE/policy-repo
+export SANDBOX_POLICY_ACTIVE=$STATE/policy-active
+export SANDBOX_STATE=$STATE
+EOF
+
+# A throwaway ed25519 key for signing receipts in the sandbox (PKCS#8 PEM, as an AWX credential would inject).
+openssl genpkey -algorithm ed25519 -out "$STATE/signing.key" 2>/dev/null
+openssl pkey -in "$STATE/signing.key" -pubout -out "$STATE/signing.pub" 2>/dev/null
+chmod 600 "$STATE/signing.key"
+cat >>"$STATE/env" <<EOF
+export GOVERNED_ROLLBACK_SIGNING_KEY_FILE=$STATE/signing.key
+export SANDBOX_SIGNING_PUBLIC_KEY=$STATE/signing.pub
+EOF
+
+"$HERE/seed.sh"
+
+# The same coordinates as JSON for the sandbox inventory (no secrets: the DB password stays in a file).
+"$(command -v python3)" "$HERE/write_inventory_facts.py" "$STATE"
+
+# shellcheck disable=SC1091
+. "$STATE/env"
+health_check
+echo "sandbox: up in $(( $(date +%s) - T0 ))s; source $STATE/env to use it"

@@ -1,0 +1,36 @@
+"""Write .sandbox/sandbox.json (the sandbox's coordinates) from .sandbox/env for the sandbox inventory."""
+
+import json
+import shlex
+import sys
+
+
+def main(state):
+    env = {}
+    with open(state + "/env") as handle:
+        for line in handle:
+            line = line.strip()
+            if line.startswith("export "):
+                key, sep, value = line[len("export "):].partition("=")
+                env[key] = shlex.split(value)[0] if sep and value else ""
+    facts = {
+        "kubeconfig": env["KUBECONFIG"],
+        "kubectl": env["SANDBOX_KUBECTL"],
+        "pg_host": env["PGHOST"],
+        "pg_port": int(env["PGPORT"]),
+        "pg_user": env["PGUSER"],
+        "pg_database": env["PGDATABASE"],
+        "pg_password_file": state + "/pg-password",
+        "opa": env["SANDBOX_OPA"],
+        "opa_url": env["SANDBOX_OPA_URL"],
+        "policy_repo": env["SANDBOX_POLICY_REPO"],
+        "policy_active": env["SANDBOX_POLICY_ACTIVE"],
+        "signing_key_file": state + "/signing.key",
+        "signing_public_key": state + "/signing.pub",
+    }
+    with open(state + "/sandbox.json", "w") as handle:
+        json.dump(facts, handle, indent=2, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
