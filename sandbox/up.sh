@@ -100,10 +100,14 @@ start_component kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig="$KUBECONF
 # ---- KWOK: stages for fast node/pod lifecycle, pod deletion, and the chaos stage --------------
 S=$KWOK_BIN/stages
 {
-    for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease pod/fast/pod-ready \
-        pod/fast/pod-complete pod/fast/pod-delete pod/chaos/pod-container-running-failed; do
+    for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+        pod/fast/pod-complete pod/fast/pod-delete; do
         cat "$S/$f.yaml"; echo "---"
     done
+    # pod-ready, except for pods carrying the chaos label: those go to pod-crashloop instead.
+    sed "/^    matchExpressions:/r $HERE/seed/kwok/pod-ready-exclude-chaos.yaml" "$S/pod/fast/pod-ready.yaml"
+    echo "---"
+    cat "$HERE/seed/kwok/pod-crashloop.yaml"
 } >"$STATE/kwok-stages.yaml"
 start_component kwok "$KWOK_BIN/kwok" --kubeconfig="$KUBECONFIG_PATH" --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake --node-lease-duration-seconds=40 \
