@@ -1,0 +1,761 @@
+# -*- coding: utf-8 -*-
+# Copyright: governed.rollback contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Revision history of Deployments, StatefulSets and DaemonSets, and rollback planning.
+
+Pure functions over the plain JSON dicts the API server returns: no client, no I/O.
+The semantics follow ``kubectl rollout undo`` (history from owned ReplicaSets or
+ControllerRevisions, second-highest revision as the default target, template equality
+ignoring ``pod-template-hash``, the annotation skip-list merge) and improve on it where
+it is unsafe: revisions this collection rolled back *from* are skipped by default, the
+patch carries a resourceVersion precondition, and GitOps-owned workloads are refused.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import copy
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+
+SUPPORTED_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+REVISION_HISTORY_ANNOTATION = "deployment.kubernetes.io/revision-history"
+DESIRED_REPLICAS_ANNOTATION = "deployment.kubernetes.io/desired-replicas"
+MAX_REPLICAS_ANNOTATION = "deployment.kubernetes.io/max-replicas"
+DEPRECATED_ROLLBACK_TO_ANNOTATION = "deprecated.deployment.rollback.to"
+LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration"
+CHANGE_CAUSE_ANNOTATION = "kubernetes.io/change-cause"
+POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
+
+# Our own bookkeeping on ReplicaSets / ControllerRevisions.
+GOVERNED_PREFIX = "rollback.governed.io/"
+FLED_AT_ANNOTATION = GOVERNED_PREFIX + "fled-at"
+FLED_REVISION_ANNOTATION = GOVERNED_PREFIX + "fled-revision"
+FLED_BY_ANNOTATION = GOVERNED_PREFIX + "fled-by"
+PREVIOUS_REVISIONS_ANNOTATION = GOVERNED_PREFIX + "previous-revisions"
+
+# kubectl keeps these from the Deployment and never copies them from the ReplicaSet.
+KUBECTL_ANNOTATIONS_TO_SKIP = frozenset([
+    LAST_APPLIED_ANNOTATION,
+    REVISION_ANNOTATION,
+    REVISION_HISTORY_ANNOTATION,
+    DESIRED_REPLICAS_ANNOTATION,
+    MAX_REPLICAS_ANNOTATION,
+    DEPRECATED_ROLLBACK_TO_ANNOTATION,
+])
+
+MAX_CHANGE_CAUSE_REASON = 200
+
+_SECRET_ENV_NAME = re.compile(r"(PASS(WORD|WD)?|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH)", re.IGNORECASE)
+MASKED = "<masked>"
+
+
+class RollbackRefused(Exception):
+    """The rollback cannot or must not happen; nothing was changed. ``code`` names the rule."""
+
+    def __init__(self, msg, code, **details):
+        super(RollbackRefused, self).__init__(msg)
+        self.msg = msg
+        self.code = code
+        self.details = details
+
+
+def describe(kind, namespace, name):
+    """``deployment aureus/aureus-frontend`` — how errors name the workload."""
+    return "%s %s/%s" % (kind.lower(), namespace, name)
+
+
+def check_kind(kind):
+    if kind not in SUPPORTED_KINDS:
+        raise RollbackRefused("kind %s cannot be rolled back; supported kinds: %s" % (kind, ", ".join(SUPPORTED_KINDS)),
+                              "unsupported_kind")
+
+
+# --- label selectors and ownership ------------------------------------------------------------------------------
+
+
+def selector_to_string(selector):
+    """Render a LabelSelector (matchLabels and matchExpressions) as a list-call label selector string."""
+    selector = selector or {}
+    parts = ["%s=%s" % (key, value) for key, value in sorted((selector.get("matchLabels") or {}).items())]
+    for expr in selector.get("matchExpressions") or []:
+        key, operator, values = expr.get("key"), expr.get("operator"), sorted(expr.get("values") or [])
+        if operator == "In":
+            parts.append("%s in (%s)" % (key, ",".join(values)))
+        elif operator == "NotIn":
+            parts.append("%s notin (%s)" % (key, ",".join(values)))
+        elif operator == "Exists":
+            parts.append(key)
+        elif operator == "DoesNotExist":
+            parts.append("!" + key)
+        else:
+            raise ValueError("unsupported label selector operator %r for key %r" % (operator, key))
+    return ",".join(parts)
+
+
+def selector_matches(selector, labels):
+    """Whether ``labels`` satisfy the LabelSelector; an empty selector matches nothing (as for workloads)."""
+    selector = selector or {}
+    labels = labels or {}
+    match_labels = selector.get("matchLabels") or {}
+    expressions = selector.get("matchExpressions") or []
+    if not match_labels and not expressions:
+        return False
+    for key, value in match_labels.items():
+        if labels.get(key) != value:
+            return False
+    for expr in expressions:
+        key, operator, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def is_controlled_by(obj, owner):
+    """metav1.IsControlledBy: a controller ownerReference carrying the owner's UID."""
+    uid = (owner.get("metadata") or {}).get("uid")
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("uid") == uid:
+            return True
+    return False
+
+
+# --- templates --------------------------------------------------------------------------------------------------
+
+
+def _drop_none(value):
+    if isinstance(value, dict):
+        return dict((k, _drop_none(v)) for k, v in value.items() if v is not None)
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def normalize_template(template):
+    """A pod template as kubectl compares it: nulls dropped, ``pod-template-hash`` removed, ``$patch`` removed."""
+    result = _drop_none(copy.deepcopy(template or {}))
+    result.pop("$patch", None)
+    metadata = result.get("metadata")
+    if isinstance(metadata, dict):
+        labels = metadata.get("labels")
+        if isinstance(labels, dict):
+            labels.pop(POD_TEMPLATE_HASH_LABEL, None)
+            if not labels:
+                metadata.pop("labels")
+        if not metadata.get("annotations") and "annotations" in metadata:
+            metadata.pop("annotations")
+    return result
+
+
+def templates_equal(left, right):
+    """kubectl's equalIgnoreHash: semantic equality ignoring the ``pod-template-hash`` label."""
+    return normalize_template(left) == normalize_template(right)
+
+
+def canonical_json(value):
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def template_sha256(template):
+    """Digest of the normalized template: the same template always gives the same digest."""
+    return hashlib.sha256(canonical_json(normalize_template(template)).encode("utf-8")).hexdigest()
+
+
+def images_of(template):
+    """Container images of a pod template, in container order (init containers excluded)."""
+    spec = (template or {}).get("spec") or {}
+    return [c.get("image") for c in spec.get("containers") or []]
+
+
+def all_images_of(template):
+    spec = (template or {}).get("spec") or {}
+    return [c.get("image") for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])]
+
+
+def mask_template(template):
+    """Copy of a template with literal values of secret-looking env vars masked, for output and evidence."""
+    result = copy.deepcopy(template)
+    spec = (result or {}).get("spec") or {}
+    for group in ("initContainers", "containers", "ephemeralContainers"):
+        for container in spec.get(group) or []:
+            for env in container.get("env") or []:
+                if "value" in env and _SECRET_ENV_NAME.search(env.get("name") or ""):
+                    env["value"] = MASKED
+    return result
+
+
+def template_changes(before, after, path=""):
+    """Flat list of ``{path, before, after}`` differences between two (normalized) templates."""
+    changes = []
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(set(before) | set(after)):
+            sub = "%s.%s" % (path, key) if path else key
+            changes.extend(template_changes(before.get(key), after.get(key), sub))
+    elif isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        for index, (left, right) in enumerate(zip(before, after)):
+            changes.extend(template_changes(left, right, "%s[%d]" % (path, index)))
+    elif before != after:
+        changes.append({"path": path, "before": before, "after": after})
+    return changes
+
+
+# --- history ----------------------------------------------------------------------------------------------------
+
+
+def _int_or_none(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int_list(text):
+    return [n for n in (_int_or_none(part.strip()) for part in (text or "").split(",")) if n is not None]
+
+
+@dataclass
+class Revision:
+    """One entry of a workload's rollout history (a ReplicaSet or a ControllerRevision)."""
+
+    number: int
+    name: str
+    source_kind: str
+    template: dict
+    annotations: dict = field(default_factory=dict)
+    uid: str = ""
+    created: str = ""
+    replicas: int = 0
+    previous_numbers: list = field(default_factory=list)
+    data: dict = None
+
+    @property
+    def images(self):
+        return images_of(self.template)
+
+    @property
+    def change_cause(self):
+        return self.annotations.get(CHANGE_CAUSE_ANNOTATION)
+
+    @property
+    def fled_at(self):
+        """When this collection rolled back away from this revision, while the mark still applies.
+
+        A mark is stale once the revision has been re-deployed since (the controller then renumbers it), so a
+        version that was later restored and ran fine is not skipped forever.
+        """
+        when = self.annotations.get(FLED_AT_ANNOTATION)
+        if not when:
+            return None
+        fled_number = _int_or_none(self.annotations.get(FLED_REVISION_ANNOTATION))
+        if fled_number is not None and fled_number != self.number:
+            return None
+        return when
+
+    @property
+    def sha256(self):
+        return template_sha256(self.template)
+
+    def summary(self):
+        return {
+            "revision": self.number,
+            "name": self.name,
+            "kind": self.source_kind,
+            "images": self.images,
+            "change_cause": self.change_cause,
+            "created": self.created,
+            "replicas": self.replicas,
+            "previous_revisions": list(self.previous_numbers),
+            "fled_at": self.fled_at,
+            "template_sha256": self.sha256,
+        }
+
+
+def _owned(workload, items):
+    """(item, metadata, annotations) for the items matching the workload's selector and controlled by it."""
+    selector = (workload.get("spec") or {}).get("selector")
+    for item in items:
+        meta = item.get("metadata") or {}
+        if is_controlled_by(item, workload) and selector_matches(selector, meta.get("labels")):
+            yield item, meta, meta.get("annotations") or {}
+
+
+def deployment_history(deployment, replicasets):
+    """History of a Deployment: ReplicaSets matched by its full selector and controlled by it, oldest first.
+
+    Like kubectl, a ReplicaSet without a revision annotation counts as revision 0 and one with an unparsable
+    revision is skipped.
+    """
+    history = []
+    for rs, meta, annotations in _owned(deployment, replicasets):
+        raw = annotations.get(REVISION_ANNOTATION)
+        number = 0 if raw is None else _int_or_none(raw)
+        if number is None:
+            continue
+        history.append(Revision(
+            number=number, name=meta.get("name", ""), source_kind="ReplicaSet",
+            template=(rs.get("spec") or {}).get("template") or {}, annotations=annotations,
+            uid=meta.get("uid", ""), created=meta.get("creationTimestamp", ""),
+            replicas=(rs.get("status") or {}).get("replicas", 0) or 0,
+            previous_numbers=_int_list(annotations.get(REVISION_HISTORY_ANNOTATION)),
+        ))
+    return sorted(history, key=lambda r: (r.number, r.created))
+
+
+def controller_revision_history(workload, controller_revisions):
+    """History of a StatefulSet or DaemonSet: its controlled ControllerRevisions, oldest first."""
+    history = []
+    for cr, meta, annotations in _owned(workload, controller_revisions):
+        data = cr.get("data") or {}
+        history.append(Revision(
+            number=int(cr.get("revision") or 0), name=meta.get("name", ""), source_kind="ControllerRevision",
+            template=((data.get("spec") or {}).get("template")) or {}, annotations=annotations,
+            uid=meta.get("uid", ""), created=meta.get("creationTimestamp", ""),
+            previous_numbers=_int_list(annotations.get(PREVIOUS_REVISIONS_ANNOTATION)), data=data,
+        ))
+    return sorted(history, key=lambda r: (r.number, r.created))
+
+
+def build_history(kind, workload, items):
+    if kind == "Deployment":
+        return deployment_history(workload, items)
+    return controller_revision_history(workload, items)
+
+
+def current_revision(history, workload):
+    """The history entry whose template is the workload's current one (the highest such), else the highest."""
+    template = (workload.get("spec") or {}).get("template")
+    matching = [r for r in history if templates_equal(r.template, template)]
+    if matching:
+        return matching[-1]
+    return history[-1] if history else None
+
+
+# --- target selection -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Selection:
+    target: Revision
+    how: str
+    warnings: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+
+def _numbers(history):
+    return ", ".join(str(r.number) for r in history) or "none"
+
+
+def _default_target(history, current, what):
+    """kubectl's second-highest revision, but passing over revisions this collection fled from."""
+    if len(history) < 2:
+        raise RollbackRefused(
+            "no rollout history found for %s: only revision %s exists, there is nothing to roll back to"
+            % (what, _numbers(history)), "no_history", available_revisions=[r.number for r in history])
+    skipped = []
+    for rev in reversed(history):
+        if current is not None and rev is current:
+            continue
+        if rev.fled_at:
+            skipped.append(rev)
+            continue
+        how = "previous revision (second-highest)"
+        if skipped:
+            how = "previous revision not rolled back from before (skipped %s)" % ", ".join(
+                "%d, fled at %s" % (s.number, s.fled_at) for s in skipped)
+        return Selection(target=rev, how=how, skipped=[s.number for s in skipped])
+    raise RollbackRefused(
+        "every earlier revision of %s was rolled back from before (%s); choose one explicitly with to_revision "
+        "(available revisions: %s)" % (what, ", ".join("%d at %s" % (s.number, s.fled_at) for s in skipped),
+                                       _numbers(history)),
+        "all_fled", available_revisions=[r.number for r in history])
+
+
+def _explicit_target(history, to_revision, what, revision_history_limit):
+    for rev in history:
+        if rev.number == to_revision:
+            return Selection(target=rev, how="revision %d as requested" % to_revision)
+    for rev in reversed(history):
+        if to_revision in rev.previous_numbers:
+            return Selection(target=rev, how="revision %d, renumbered to %d when it was re-deployed"
+                             % (to_revision, rev.number))
+    available = [r.number for r in history]
+    latest = max(available) if available else 0
+    if to_revision > latest:
+        raise RollbackRefused(
+            "revision %d not found for %s: the latest revision is %d; available revisions: %s"
+            % (to_revision, what, latest, _numbers(history)), "revision_not_found", available_revisions=available)
+    limit = "" if revision_history_limit is None else " (revisionHistoryLimit=%s)" % revision_history_limit
+    raise RollbackRefused(
+        "revision %d of %s is no longer in its history: it was pruned%s; available revisions: %s. Choose one of "
+        "those, or restore revision %d from an evidence snapshot" % (to_revision, what, limit, _numbers(history),
+                                                                     to_revision),
+        "revision_pruned", available_revisions=available)
+
+
+def _image_target(history, to_image, what):
+    running = [r for r in history if to_image in all_images_of(r.template)]
+    if not running:
+        listing = "; ".join("%d: %s" % (r.number, ", ".join(r.images)) for r in history) or "none"
+        raise RollbackRefused("no revision of %s runs image %s; revisions and their images: %s"
+                              % (what, to_image, listing), "image_not_found",
+                              available_revisions=[r.number for r in history])
+    fresh = [r for r in running if not r.fled_at]
+    if fresh:
+        return Selection(target=fresh[-1], how="newest revision running %s" % to_image)
+    target = running[-1]
+    return Selection(target=target, how="newest revision running %s" % to_image,
+                     warnings=["revision %d (the only one running %s) was rolled back from at %s; re-deploying it as "
+                               "requested" % (target.number, to_image, target.fled_at)])
+
+
+def select_target_revision(history, to_revision=0, to_image=None, current=None, what="the workload",
+                           revision_history_limit=None):
+    """Choose the revision to roll back to.
+
+    ``to_revision=0`` is the previous revision as kubectl defines it (second-highest owned), skipping revisions
+    marked as fled; ``to_revision=N`` is exact (or the revision N was renumbered to by a re-deploy); ``to_image``
+    is the newest revision running that image, preferring ones not fled from.
+    """
+    if to_revision is None:
+        to_revision = 0
+    if to_revision < 0:
+        raise RollbackRefused("to_revision must be 0 (previous) or a positive revision number, not %d" % to_revision,
+                              "bad_revision", available_revisions=[r.number for r in history])
+    if to_image and to_revision:
+        raise RollbackRefused("to_revision and to_image are mutually exclusive; pass one of them", "bad_revision")
+    if not history:
+        raise RollbackRefused("no rollout history found for %s: it has no owned revisions" % what, "no_history",
+                              available_revisions=[])
+    if to_image:
+        selection = _image_target(history, to_image, what)
+    elif to_revision:
+        selection = _explicit_target(history, to_revision, what, revision_history_limit)
+        if selection.target.fled_at and selection.target is not current:
+            selection.warnings.append("revision %d was rolled back from at %s; re-deploying it as requested"
+                                      % (selection.target.number, selection.target.fled_at))
+    else:
+        selection = _default_target(history, current, what)
+    return selection
+
+
+# --- preconditions and ownership --------------------------------------------------------------------------------
+
+
+_GITOPS_PREFIXES = (
+    ("Argo CD", "argocd.argoproj.io/"),
+    ("Flux", "kustomize.toolkit.fluxcd.io/"),
+    ("Flux", "helm.toolkit.fluxcd.io/"),
+)
+_HELM_ANNOTATIONS = ("meta.helm.sh/release-name", "meta.helm.sh/release-namespace")
+# Flux leaves objects carrying these alone, so it will not revert an in-cluster rollback.
+_FLUX_HANDS_OFF = (("kustomize.toolkit.fluxcd.io/reconcile", "disabled"), ("kustomize.toolkit.fluxcd.io/ssa", "ignore"),
+                   ("kustomize.toolkit.fluxcd.io/ssa", "ifnotpresent"))
+
+
+def gitops_owners(obj):
+    """GitOps / Helm ownership evidence on an object: a list of ``{tool, where, key, value}``, empty when none."""
+    meta = obj.get("metadata") or {}
+    found = []
+    sources = (("label", meta.get("labels") or {}), ("annotation", meta.get("annotations") or {}))
+    hands_off = any(str(src.get(key, "")).lower() == value for _where, src in sources for key, value in _FLUX_HANDS_OFF)
+    for where, source in sources:
+        for key in sorted(source):
+            value = source[key]
+            for tool, prefix in _GITOPS_PREFIXES:
+                if key.startswith(prefix) and not (tool == "Flux" and hands_off):
+                    found.append({"tool": tool, "where": where, "key": key, "value": value})
+            if where == "label" and key == "app.kubernetes.io/managed-by" and str(value).lower() == "helm":
+                found.append({"tool": "Helm", "where": where, "key": key, "value": value})
+            if where == "annotation" and key in _HELM_ANNOTATIONS:
+                found.append({"tool": "Helm", "where": where, "key": key, "value": value})
+    return found
+
+
+def gitops_tools(owners):
+    tools = []
+    for owner in owners:
+        if owner["tool"] not in tools:
+            tools.append(owner["tool"])
+    return tools
+
+
+def check_preconditions(kind, workload, what):
+    """Refuse a paused Deployment and any workload whose controller has not observed its latest spec."""
+    spec = workload.get("spec") or {}
+    meta = workload.get("metadata") or {}
+    status = workload.get("status") or {}
+    if kind == "Deployment" and spec.get("paused"):
+        raise RollbackRefused(
+            "you cannot roll back a paused deployment: %s is paused; resume it first (kubectl rollout resume "
+            "deployment/%s -n %s) and try again" % (what, meta.get("name"), meta.get("namespace")), "paused")
+    generation = meta.get("generation") or 0
+    observed = status.get("observedGeneration") or 0
+    if observed < generation:
+        raise RollbackRefused(
+            "%s has generation %d but its controller has only observed generation %d, so its revision history is "
+            "not final; wait for the controller (is kube-controller-manager running?) and try again"
+            % (what, generation, observed), "generation_not_observed")
+
+
+def _apply_managers_of_template(workload):
+    managers = []
+    for entry in (workload.get("metadata") or {}).get("managedFields") or []:
+        fields = ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+        if entry.get("operation") == "Apply" and "f:template" in fields and entry.get("manager") not in managers:
+            managers.append(entry.get("manager"))
+    return managers
+
+
+def rollback_warnings(kind, workload, what):
+    """Things an operator must know before rolling back in-cluster; none of them block the rollback."""
+    meta = workload.get("metadata") or {}
+    spec = workload.get("spec") or {}
+    status = workload.get("status") or {}
+    warnings = []
+    if LAST_APPLIED_ANNOTATION in (meta.get("annotations") or {}):
+        warnings.append("%s carries kubectl.kubernetes.io/last-applied-configuration: the next `kubectl apply` "
+                        "of the old manifest will re-apply the template being rolled back; update the manifest too"
+                        % what)
+    for manager in _apply_managers_of_template(workload):
+        warnings.append("field manager %s server-side-applies the pod template of %s; its next apply will re-apply "
+                        "the template being rolled back" % (manager, what))
+    strategy = spec.get("updateStrategy") or {}
+    if kind in ("StatefulSet", "DaemonSet") and strategy.get("type") == "OnDelete":
+        warnings.append("%s uses the OnDelete update strategy: pods keep the old template until they are deleted"
+                        % what)
+    if kind == "StatefulSet":
+        partition = (strategy.get("rollingUpdate") or {}).get("partition") or 0
+        if partition:
+            warnings.append("%s has partition %d: only pods with ordinal >= %d will be rolled back"
+                            % (what, partition, partition))
+        replicas = spec.get("replicas", 1)
+        if (status.get("readyReplicas") or 0) < replicas and spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady":
+            warnings.append("%s has pods that are not ready and OrderedReady pod management: a pod stuck on the bad "
+                            "revision may have to be deleted by hand before the rollback proceeds" % what)
+    return warnings
+
+
+# --- the patch --------------------------------------------------------------------------------------------------
+
+
+def merge_rollback_annotations(workload_annotations, revision_annotations, change_cause=None):
+    """kubectl's annotation merge for a Deployment rollback, plus our change-cause.
+
+    The skip-list annotations stay as the Deployment has them; every other annotation comes from the target
+    ReplicaSet; our own bookkeeping marks are never copied onto the Deployment (the controller would spread them
+    to every future ReplicaSet).
+    """
+    workload_annotations = workload_annotations or {}
+    merged = dict((k, v) for k, v in workload_annotations.items() if k in KUBECTL_ANNOTATIONS_TO_SKIP)
+    for key, value in (revision_annotations or {}).items():
+        if key not in KUBECTL_ANNOTATIONS_TO_SKIP and not key.startswith(GOVERNED_PREFIX):
+            merged[key] = value
+    if change_cause:
+        merged[CHANGE_CAUSE_ANNOTATION] = change_cause
+    return merged
+
+
+def change_cause_text(from_revision, to_revision, actor=None, incident_id=None, reason=None):
+    """The ``kubernetes.io/change-cause`` that ``kubectl rollout history`` shows for the rollback."""
+    text = "governed.rollback: rollback %s -> %s by %s" % (
+        from_revision if from_revision is not None else "?", to_revision, actor or "unknown actor")
+    if incident_id:
+        text += " for %s" % incident_id
+    if reason:
+        reason = " ".join(str(reason).split())
+        if len(reason) > MAX_CHANGE_CAUSE_REASON:
+            reason = reason[:MAX_CHANGE_CAUSE_REASON - 3] + "..."
+        text += ": %s" % reason
+    return text
+
+
+def deployment_patch(resource_version, target_template, workload_annotations, target_annotations, change_cause):
+    """JSON patch restoring a ReplicaSet's template onto a Deployment, guarded by a resourceVersion test."""
+    template = copy.deepcopy(target_template)
+    labels = (template.get("metadata") or {}).get("labels")
+    if isinstance(labels, dict):
+        labels.pop(POD_TEMPLATE_HASH_LABEL, None)
+    annotations = merge_rollback_annotations(workload_annotations, target_annotations, change_cause)
+    # "replace" needs the member to exist; "add" on an object member sets it either way.
+    annotations_op = "replace" if workload_annotations is not None else "add"
+    return [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+        {"op": "replace", "path": "/spec/template", "value": template},
+        {"op": annotations_op, "path": "/metadata/annotations", "value": annotations},
+    ]
+
+
+def controller_revision_patch(resource_version, data, change_cause):
+    """Strategic-merge patch of a ControllerRevision's data, with the resourceVersion as a precondition."""
+    body = copy.deepcopy(data or {})
+    metadata = body.setdefault("metadata", {})
+    metadata["resourceVersion"] = resource_version
+    if change_cause:
+        metadata.setdefault("annotations", {})[CHANGE_CAUSE_ANNOTATION] = change_cause
+    return body
+
+
+def mask_patch(kind, patch):
+    """The patch as it may appear in output: secret-looking env values masked."""
+    masked = copy.deepcopy(patch)
+    if kind == "Deployment":
+        for op in masked:
+            if op.get("path") == "/spec/template":
+                op["value"] = mask_template(op["value"])
+    else:
+        template = (masked.get("spec") or {}).get("template")
+        if template is not None:
+            masked["spec"]["template"] = mask_template(template)
+    return masked
+
+
+def fled_marks(from_revision, when, actor=None, incident_id=None):
+    """Annotations marking the revision we roll back away from, so a later default rollback skips it."""
+    marks = {FLED_AT_ANNOTATION: when, FLED_REVISION_ANNOTATION: str(from_revision.number)}
+    by = " ".join(part for part in (actor, incident_id) if part)
+    if by:
+        marks[FLED_BY_ANNOTATION] = by
+    return marks
+
+
+def renumber_marks(target):
+    """For ControllerRevisions: remember the number a re-deployed revision had, as ReplicaSets do natively."""
+    numbers = list(target.previous_numbers)
+    if target.number not in numbers:
+        numbers.append(target.number)
+    return {PREVIOUS_REVISIONS_ANNOTATION: ",".join(str(n) for n in numbers)}
+
+
+# --- the plan ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RollbackPlan:
+    kind: str
+    namespace: str
+    name: str
+    history: list
+    current: Revision
+    target: Revision
+    how: str
+    previous_revision: int
+    resource_version: str
+    patch: object = None
+    change_cause: str = ""
+    warnings: list = field(default_factory=list)
+    owners: list = field(default_factory=list)
+    skipped_reason: str = ""
+
+    @property
+    def what(self):
+        return describe(self.kind, self.namespace, self.name)
+
+    @property
+    def patch_type(self):
+        return "json" if self.kind == "Deployment" else "strategic-merge"
+
+    @property
+    def changes(self):
+        return template_changes(mask_template(normalize_template(self.current.template if self.current else {})),
+                                mask_template(normalize_template(self.target.template)))
+
+    def summary(self):
+        """The from/to facts every result carries (success, refusal after selection, or a failed wait)."""
+        current = self.current
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "namespace": self.namespace,
+            "from_revision": current.number if current else None,
+            "to_revision": self.target.number,
+            "from_images": current.images if current else [],
+            "to_images": self.target.images,
+            "from_template_sha256": current.sha256 if current else None,
+            "to_template_sha256": self.target.sha256,
+            "from_replicaset": current.name if current else None,
+            "to_replicaset": self.target.name,
+            "previous_revision": self.previous_revision,
+            "target_is_previous": self.previous_revision == self.target.number,
+            "selected_by": self.how,
+            "resource_version_before": self.resource_version,
+        }
+
+    def plan(self):
+        return {
+            "action": "none" if self.skipped_reason else "rollback",
+            "what": self.what,
+            "from_revision": self.current.number if self.current else None,
+            "to_revision": self.target.number,
+            "from_images": self.current.images if self.current else [],
+            "to_images": self.target.images,
+            "selected_by": self.how,
+            "patch_type": self.patch_type,
+            "template_changes": self.changes,
+            "change_cause": self.change_cause,
+            "gitops_owners": self.owners,
+            "history": [r.summary() for r in self.history],
+        }
+
+
+def plan_rollback(kind, workload, items, to_revision=0, to_image=None, allow_gitops_drift=False,
+                  actor=None, incident_id=None, reason=None):
+    """Everything up to (not including) the API call: checks, target, patch, warnings.
+
+    Raises RollbackRefused when the rollback must not happen. A target equal to the current template yields a
+    plan with ``skipped_reason`` and no patch.
+    """
+    check_kind(kind)
+    meta = workload.get("metadata") or {}
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    what = describe(kind, namespace, name)
+    owners = gitops_owners(workload)
+    warnings = []
+    if owners:
+        tools = " and ".join(gitops_tools(owners))
+        evidence = ", ".join("%s %s=%s" % (o["where"], o["key"], o["value"]) for o in owners)
+        if not allow_gitops_drift:
+            raise RollbackRefused(
+                "refusing to roll back %s: it is managed by %s (%s), which would undo an in-cluster rollback on "
+                "its next sync; revert the change in its source (Git / chart values) instead, or pass "
+                "allow_gitops_drift=true to roll back in-cluster now and revert the source right after"
+                % (what, tools, evidence), "gitops_owned", gitops_owners=owners)
+        warnings.append("%s is managed by %s (%s): revert the change in the GitOps source too, or its next sync "
+                        "will re-deploy the revision being rolled back" % (what, tools, evidence))
+    check_preconditions(kind, workload, what)
+    history = build_history(kind, workload, items)
+    current = current_revision(history, workload)
+    spec = workload.get("spec") or {}
+    selection = select_target_revision(history, to_revision, to_image, current, what,
+                                       spec.get("revisionHistoryLimit"))
+    try:
+        previous = _default_target(history, current, what).target.number
+    except RollbackRefused:
+        previous = None
+    warnings.extend(selection.warnings)
+    warnings.extend(rollback_warnings(kind, workload, what))
+    plan = RollbackPlan(kind=kind, namespace=namespace, name=name, history=history, current=current,
+                        target=selection.target, how=selection.how, previous_revision=previous,
+                        resource_version=meta.get("resourceVersion", ""), warnings=warnings, owners=owners)
+    if templates_equal(selection.target.template, spec.get("template")):
+        plan.skipped_reason = "skipped rollback: the current template of %s already matches revision %d (%s)" % (
+            what, selection.target.number, selection.how)
+        return plan
+    plan.change_cause = change_cause_text(current.number if current else None, selection.target.number,
+                                          actor, incident_id, reason)
+    if kind == "Deployment":
+        plan.patch = deployment_patch(plan.resource_version, selection.target.template, meta.get("annotations"),
+                                      selection.target.annotations, plan.change_cause)
+    else:
+        plan.patch = controller_revision_patch(plan.resource_version, selection.target.data, plan.change_cause)
+    return plan
