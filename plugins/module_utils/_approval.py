@@ -1,0 +1,323 @@
+# -*- coding: utf-8 -*-
+# Copyright: governed.rollback contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The AUREUS rollback approval matrix, evaluated fail-closed (pure logic, no I/O).
+
+The matrix is data (DEFAULT_MATRIX); callers may replace rows. Roles always come
+from the roster, never from what the caller claims about a person.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import copy
+import datetime
+import hashlib
+import json
+
+ROLLBACK_TYPES = ("deployment", "configuration", "database", "policy", "state")
+PRIORITIES = ("P0", "P1", "P2", "P3")
+ROW_NAMES = ("deployment_last", "deployment_older", "configuration", "database", "policy", "state")
+
+# The runbook's "Rollback Approval Matrix" table, one row per rollback type.
+DEFAULT_MATRIX = {
+    "deployment_last": {
+        "label": "deployment rollback to the last version",
+        "required_roles": ["on_call_engineer"],
+        "auto_approved_roles": ["on_call_engineer"],
+        "emergency": {"priorities": ["P0"], "extra_roles": [], "retroactive_hours": 4},
+    },
+    "deployment_older": {
+        "label": "deployment rollback to an older version",
+        "required_roles": ["engineering_lead"],
+        "auto_approved_roles": [],
+        "emergency": {"priorities": ["P0"], "extra_roles": [], "retroactive_hours": 4},
+    },
+    "configuration": {
+        "label": "configuration rollback",
+        "required_roles": ["devops_lead"],
+        "auto_approved_roles": [],
+        "emergency": {"priorities": ["P0"], "extra_roles": [], "retroactive_hours": 4},
+    },
+    "database": {
+        "label": "database rollback",
+        "required_roles": ["dba", "engineering_lead"],
+        "auto_approved_roles": [],
+        "emergency": {"priorities": ["P0"], "extra_roles": ["cto"], "retroactive_hours": 4},
+    },
+    "policy": {
+        "label": "policy rollback",
+        "required_roles": ["governance_lead", "security"],
+        "auto_approved_roles": [],
+        "emergency": {"priorities": ["P0"], "extra_roles": ["ciso"], "retroactive_hours": 4},
+    },
+    "state": {
+        "label": "state rollback",
+        "required_roles": ["data_owner", "approver"],
+        "auto_approved_roles": [],
+        "emergency": {"priorities": ["P0"], "extra_roles": ["engineering_lead"], "retroactive_hours": 4},
+    },
+}
+
+INCIDENT_COMMANDER_ROLE = "incident_commander"
+
+
+class ApprovalError(Exception):
+    """The inputs cannot be evaluated at all (bad matrix, missing revisions): not a denial."""
+
+
+def _is_str_list(value):
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def validate_row(name, row):
+    """Raise ApprovalError naming the first structural problem of one matrix row."""
+    if not isinstance(row, dict):
+        raise ApprovalError("matrix row %s must be a dict, got %s" % (name, type(row).__name__))
+    unknown = sorted(set(row) - {"label", "required_roles", "auto_approved_roles", "emergency"})
+    if unknown:
+        raise ApprovalError("matrix row %s has unknown keys: %s" % (name, ", ".join(unknown)))
+    if not _is_str_list(row.get("required_roles")) or not row["required_roles"]:
+        raise ApprovalError("matrix row %s needs required_roles: a non-empty list of role names" % name)
+    if not _is_str_list(row.get("auto_approved_roles", [])):
+        raise ApprovalError("matrix row %s: auto_approved_roles must be a list of role names" % name)
+    emergency = row.get("emergency")
+    if emergency is None:
+        return
+    if not isinstance(emergency, dict):
+        raise ApprovalError("matrix row %s: emergency must be a dict or null (null disables the override)" % name)
+    unknown = sorted(set(emergency) - {"priorities", "extra_roles", "retroactive_hours"})
+    if unknown:
+        raise ApprovalError("matrix row %s: emergency has unknown keys: %s" % (name, ", ".join(unknown)))
+    priorities = emergency.get("priorities")
+    if not _is_str_list(priorities) or not priorities or not set(priorities) <= set(PRIORITIES):
+        raise ApprovalError("matrix row %s: emergency.priorities must be a non-empty subset of %s"
+                            % (name, ", ".join(PRIORITIES)))
+    if not _is_str_list(emergency.get("extra_roles", [])):
+        raise ApprovalError("matrix row %s: emergency.extra_roles must be a list of role names" % name)
+    hours = emergency.get("retroactive_hours")
+    if isinstance(hours, bool) or not isinstance(hours, int) or hours <= 0:
+        raise ApprovalError("matrix row %s: emergency.retroactive_hours must be a positive integer" % name)
+
+
+def build_matrix(overrides=None):
+    """Return the default matrix with whole rows replaced by ``overrides`` (validated)."""
+    matrix = copy.deepcopy(DEFAULT_MATRIX)
+    if overrides:
+        if not isinstance(overrides, dict):
+            raise ApprovalError("matrix must be a dict of rows keyed by %s" % ", ".join(ROW_NAMES))
+        unknown = sorted(set(overrides) - set(ROW_NAMES))
+        if unknown:
+            raise ApprovalError("matrix has unknown rows: %s; rows are %s" % (", ".join(unknown), ", ".join(ROW_NAMES)))
+        for name, row in overrides.items():
+            merged = copy.deepcopy(row)
+            if isinstance(merged, dict):
+                merged.setdefault("label", DEFAULT_MATRIX[name]["label"])
+                merged.setdefault("auto_approved_roles", [])
+            matrix[name] = merged
+    for name in ROW_NAMES:
+        validate_row(name, matrix[name])
+    return matrix
+
+
+def matrix_sha256(matrix):
+    """Stable digest of the matrix that decided, so a receipt shows whether the default was overridden."""
+    return hashlib.sha256(json.dumps(matrix, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def select_row(rollback_type, target_revision=None, previous_revision=None):
+    """Name the matrix row for a rollback; deployments need both resolved revisions."""
+    if rollback_type not in ROLLBACK_TYPES:
+        raise ApprovalError("unknown rollback_type %r; expected one of %s" % (rollback_type, ", ".join(ROLLBACK_TYPES)))
+    if rollback_type != "deployment":
+        return rollback_type
+    if target_revision is None or previous_revision is None:
+        raise ApprovalError("a deployment rollback needs target_revision and previous_revision (the caller resolves "
+                            "them from the rollout history; the approval never guesses which row applies)")
+    try:
+        target, previous = int(target_revision), int(previous_revision)
+    except (TypeError, ValueError):
+        raise ApprovalError("target_revision and previous_revision must be integers, got %r and %r"
+                            % (target_revision, previous_revision))
+    return "deployment_last" if target == previous else "deployment_older"
+
+
+def normalize_roster(roster):
+    """name -> sorted list of roles; a single role string is accepted."""
+    result = {}
+    for name, roles in (roster or {}).items():
+        if isinstance(roles, str):
+            roles = [roles]
+        if not isinstance(roles, (list, tuple)):
+            raise ApprovalError("roster entry %s must be a list of role names" % name)
+        result[str(name).strip()] = sorted({str(r).strip() for r in roles if str(r).strip()})
+    return result
+
+
+def _assign_roles(required, candidates):
+    """Maximum matching of roles to distinct people: {role: name} (augmenting paths; sizes are tiny)."""
+    holders = {role: sorted(name for name, roles in candidates.items() if role in roles) for role in required}
+    owner = {}  # name -> role
+
+    def try_assign(role, seen):
+        for name in holders[role]:
+            if name in seen:
+                continue
+            seen.add(name)
+            if name not in owner or try_assign(owner[name], seen):
+                owner[name] = role
+                return True
+        return False
+
+    for role in required:
+        try_assign(role, set())
+    return {role: name for name, role in owner.items()}
+
+
+def _format_time(moment):
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _people(names, roster):
+    return ", ".join("%s (%s)" % (n, ", ".join(roster.get(n, [])) or "no roles") for n in names) or "none"
+
+
+def evaluate(rollback_type, requested_by, approvals, roster, priority=None, incident_commander=None,
+             emergency_override=False, target_revision=None, previous_revision=None, matrix=None, now=None):
+    """Decide one rollback request. Returns a decision dict; ``approved`` False means denied.
+
+    Raises ApprovalError only when the request cannot be evaluated (bad matrix, missing revisions).
+    """
+    matrix = build_matrix(matrix)
+    row_name = select_row(rollback_type, target_revision, previous_revision)
+    row = matrix[row_name]
+    roster = normalize_roster(roster)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    requested_by = (requested_by or "").strip()
+    incident_commander = (incident_commander or "").strip() or None
+    if priority is not None and priority not in PRIORITIES:
+        raise ApprovalError("priority %r is not one of %s" % (priority, ", ".join(PRIORITIES)))
+    if not requested_by:
+        raise ApprovalError("requested_by is empty: every rollback names the person who asked for it")
+
+    ignored = []
+    valid = {}
+    for raw in approvals or []:
+        name = str(raw).strip()
+        if not name or name in valid or any(i["name"] == name for i in ignored):
+            continue
+        if name == requested_by:
+            ignored.append({"name": name, "reason": "requester cannot approve their own rollback"})
+        elif name not in roster:
+            ignored.append({"name": name, "reason": "not in the roster"})
+        else:
+            valid[name] = roster[name]
+
+    required = list(row["required_roles"])
+    requester_roles = roster.get(requested_by, [])
+    auto_roles = [r for r in row.get("auto_approved_roles", []) if r in requester_roles]
+    assignments = {}
+    approval_path = None
+    if auto_roles and set(required) <= set(auto_roles):
+        # The runbook's only self-service path: on-call rolls back to the last version.
+        assignments = {role: requested_by for role in required}
+        approval_path = "auto_approval"
+    else:
+        assignments = _assign_roles(required, valid)
+        if len(assignments) == len(required):
+            approval_path = "approval"
+    missing = [r for r in required if r not in assignments]
+
+    emergency_problems = []
+    emergency = False
+    retro_due = None
+    retro_roles = []
+    extra_roles = []
+    spec = row.get("emergency")
+    if approval_path is None and emergency_override:
+        if spec is None:
+            emergency_problems.append("the matrix allows no emergency override for %s" % row_name)
+        else:
+            extra_roles = list(spec.get("extra_roles", []))
+            if priority not in spec["priorities"]:
+                emergency_problems.append("an emergency override is only for %s incidents, this one is %s"
+                                          % ("/".join(spec["priorities"]), priority or "without a priority"))
+            if not incident_commander:
+                emergency_problems.append("no incident commander declared the emergency")
+            elif INCIDENT_COMMANDER_ROLE not in roster.get(incident_commander, []):
+                emergency_problems.append("incident commander %s does not hold the incident_commander role in the "
+                                          "roster" % incident_commander)
+            elif incident_commander == requested_by:
+                emergency_problems.append("the requester cannot declare their own emergency (incident commander "
+                                          "must be someone else)")
+            extra_assign = _assign_roles(extra_roles, valid)
+            extra_missing = [r for r in extra_roles if r not in extra_assign]
+            if extra_missing:
+                emergency_problems.append("the emergency override also needs %s approval from someone other than "
+                                          "the requester" % ", ".join(extra_missing))
+            if not emergency_problems:
+                emergency = True
+                approval_path = "emergency_override"
+                retro_roles = missing
+                missing = []
+                for role, name in extra_assign.items():
+                    assignments["emergency:" + role] = name
+                retro_due = _format_time(now + datetime.timedelta(hours=spec["retroactive_hours"]))
+
+    approved = approval_path is not None
+    approved_by = [{"name": n, "roles": valid[n]} for n in sorted(valid)]
+    if approval_path == "auto_approval":
+        approved_by = [{"name": requested_by, "roles": requester_roles}]
+    decision = {
+        "approved": approved,
+        "rule": row_name,
+        "rule_label": row["label"],
+        "approval_path": approval_path or "denied",
+        "rollback_type": rollback_type,
+        "requested_by": requested_by,
+        "approved_by": approved_by,
+        "role_assignments": assignments,
+        "required_roles": required,
+        "missing_roles": missing,
+        "ignored_approvals": ignored,
+        "priority": priority,
+        "incident_commander": incident_commander,
+        "emergency_requested": bool(emergency_override),
+        "emergency": emergency,
+        "emergency_extra_roles": extra_roles,
+        "retroactive_approval_due": retro_due,
+        "retroactive_roles": retro_roles,
+        "post_incident_review": "required" if emergency else "not_required",
+        "evaluated_at": _format_time(now),
+        "matrix_sha256": matrix_sha256(matrix),
+        "target_revision": target_revision,
+        "previous_revision": previous_revision,
+    }
+    decision["message"] = explain(decision, valid, emergency_problems)
+    return decision
+
+
+def explain(decision, valid, emergency_problems=()):
+    """One sentence an operator can act on: what the rule needs, who counted, what is missing."""
+    label = decision["rule_label"]
+    if decision["approval_path"] == "auto_approval":
+        return "%s auto-approved: requester %s is on call (rule %s)" % (label, decision["requested_by"],
+                                                                        decision["rule"])
+    if decision["approval_path"] == "emergency_override":
+        return ("%s approved by emergency override (rule %s, incident commander %s); retroactive approval by %s "
+                "due %s; post-incident review required"
+                % (label, decision["rule"], decision["incident_commander"],
+                   ", ".join(decision["retroactive_roles"]) or "nobody", decision["retroactive_approval_due"]))
+    have = _people(sorted(valid), valid)
+    if decision["approved"]:
+        return "%s approved (rule %s): roles %s covered by %s" % (
+            label, decision["rule"], ", ".join(decision["required_roles"]),
+            ", ".join("%s (%s)" % (decision["role_assignments"][r], r) for r in decision["required_roles"]))
+    msg = "%s needs roles %s; have: %s" % (label, ", ".join(decision["required_roles"]), have)
+    msg += "; missing: %s" % ", ".join(decision["missing_roles"])
+    if decision["ignored_approvals"]:
+        msg += "; ignored: %s" % ", ".join("%s (%s)" % (i["name"], i["reason"]) for i in decision["ignored_approvals"])
+    if emergency_problems:
+        msg += "; emergency override refused: %s" % "; ".join(emergency_problems)
+    return msg + " (rule %s)" % decision["rule"]
