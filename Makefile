@@ -53,7 +53,7 @@ test-integration: sandbox-up
 	$(BIN)/pytest -q tests/integration
 
 molecule: sandbox-up
-	cd molecule && for s in */; do s=$${s%/}; [ -f "$$s/molecule.yml" ] || continue; ../$(BIN)/molecule test -s "$$s" || exit 1; done
+	for f in molecule/*/molecule.yml; do s=$$(basename $$(dirname $$f)); $(BIN)/molecule test -s "$$s" || exit 1; done
 
 test: collection sandbox-up
 	$(BIN)/pytest -q tests/unit tests/sandbox tests/integration
