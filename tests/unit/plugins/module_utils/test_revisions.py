@@ -8,6 +8,7 @@ import pytest
 from ansible_collections.governed.rollback.plugins.module_utils import _revisions as rev
 
 UID = "uid-deploy"
+FLED_3 = {rev.FLED_AT_ANNOTATION: "2024-01-15T10:00:00Z", rev.FLED_REVISION_ANNOTATION: "3"}
 
 
 def template(image, extra_labels=None, env=None):
@@ -200,8 +201,7 @@ def test_default_target_skips_a_revision_we_fled_so_two_rollbacks_never_redeploy
     deploy = deployment("aureus/frontend:v0.1.1", 4)
     rss = [replicaset("aureus/frontend:v0.1.0", 1),
            replicaset("aureus/frontend:v0.1.1", 4, name="aureus-frontend-2", history="2"),
-           replicaset("aureus/frontend:v0.1.2", 3, annotations={rev.FLED_AT_ANNOTATION: "2024-01-15T10:00:00Z",
-                                                                 rev.FLED_REVISION_ANNOTATION: "3"})]
+           replicaset("aureus/frontend:v0.1.2", 3, annotations=FLED_3)]
     plan = plan_for((deploy, rss))
     assert plan.target.number == 1
     assert plan.target.images == ["aureus/frontend:v0.1.0"]
@@ -254,8 +254,7 @@ def test_explicit_revision_finds_a_revision_renumbered_by_a_redeploy():
 def test_explicit_fled_revision_is_allowed_with_a_warning():
     deploy = deployment("aureus/frontend:v0.1.1", 4)
     rss = [replicaset("aureus/frontend:v0.1.1", 4, history="2"),
-           replicaset("aureus/frontend:v0.1.2", 3, annotations={rev.FLED_AT_ANNOTATION: "2024-01-15T10:00:00Z",
-                                                                 rev.FLED_REVISION_ANNOTATION: "3"})]
+           replicaset("aureus/frontend:v0.1.2", 3, annotations=FLED_3)]
     plan = plan_for((deploy, rss), to_revision=3)
     assert plan.target.number == 3
     assert any("rolled back from at 2024-01-15T10:00:00Z" in w for w in plan.warnings)
@@ -309,8 +308,7 @@ def test_to_image_picks_the_newest_revision_running_it():
 
 def test_to_image_prefers_a_revision_not_fled():
     deploy = deployment("aureus/frontend:v0.1.2", 4)
-    fled = {rev.FLED_AT_ANNOTATION: "2024-01-15T10:00:00Z", rev.FLED_REVISION_ANNOTATION: "3"}
-    rss = [replicaset("aureus/frontend:v0.1.1", 2), replicaset("aureus/frontend:v0.1.1", 3, annotations=fled),
+    rss = [replicaset("aureus/frontend:v0.1.1", 2), replicaset("aureus/frontend:v0.1.1", 3, annotations=FLED_3),
            replicaset("aureus/frontend:v0.1.2", 4)]
     assert plan_for((deploy, rss), to_image="aureus/frontend:v0.1.1").target.number == 2
 
