@@ -173,7 +173,7 @@ def template_sha256(template):
 
 
 def images_of(template):
-    """Container images of a pod template, in container order (init containers excluded)."""
+    """Container images of a pod template (or a pod), in container order (init containers excluded)."""
     spec = (template or {}).get("spec") or {}
     return [c.get("image") for c in spec.get("containers") or []]
 
@@ -339,6 +339,58 @@ def current_revision(history, workload):
     if matching:
         return matching[-1]
     return history[-1] if history else None
+
+
+def _pod_ready(pod):
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return False
+
+
+def _revision_of_pod(kind, workload, history, pod):
+    """The history number a pod belongs to, via its ReplicaSet (Deployment) or its controller-revision-hash."""
+    meta = pod.get("metadata") or {}
+    if kind == "Deployment":
+        owners = [ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("controller")]
+        for entry in history:
+            if entry.uid in owners:
+                return entry.number
+        return None
+    pod_hash = (meta.get("labels") or {}).get("controller-revision-hash")
+    if not pod_hash:
+        return None
+    workload_name = (workload.get("metadata") or {}).get("name")
+    for entry in history:
+        # StatefulSet pods carry the ControllerRevision's name, DaemonSet pods only its hash suffix.
+        if pod_hash == entry.name or entry.name == "%s-%s" % (workload_name, pod_hash):
+            return entry.number
+    return None
+
+
+def pod_summaries(kind, workload, history, pods):
+    """The workload's live pods (terminating ones excluded) with readiness, images and history revision."""
+    if kind == "Deployment":
+        owner_uids = set(entry.uid for entry in history)
+    else:
+        owner_uids = set([(workload.get("metadata") or {}).get("uid")])
+    summaries = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        controller = [ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("controller")]
+        if meta.get("deletionTimestamp") or not owner_uids.intersection(controller):
+            continue
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        summaries.append({
+            "name": meta.get("name"),
+            "ready": _pod_ready(pod),
+            "phase": (pod.get("status") or {}).get("phase"),
+            "images": images_of(pod),
+            "image_ids": [c.get("imageID") for c in statuses],
+            "revision": _revision_of_pod(kind, workload, history, pod),
+            "node": (pod.get("spec") or {}).get("nodeName"),
+        })
+    return sorted(summaries, key=lambda item: item["name"] or "")
 
 
 # --- target selection -------------------------------------------------------------------------------------------

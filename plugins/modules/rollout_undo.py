@@ -109,8 +109,9 @@ attributes:
         ones already fled).
 notes:
   - RBAC needed - C(get) and C(patch) on the workload; C(list) and C(patch) on C(replicasets) (Deployment) or
-    C(controllerrevisions) (StatefulSet, DaemonSet). Without C(patch) on the history objects the rollback still
-    happens, but the fled mark is not written (the task warns).
+    C(controllerrevisions) (StatefulSet, DaemonSet); C(list) on C(pods). Without C(patch) on the history objects
+    the rollback still happens, but the fled mark is not written; without C(list) on pods RV(pods) stays empty.
+    The task warns in both cases.
   - The replica count and the strategy are never touched, so a HorizontalPodAutoscaler keeps working.
   - Only literal environment values whose name looks secret (password, token, key, ...) are masked in the output.
 seealso:
@@ -295,6 +296,39 @@ rollback_warnings:
   returned: always
   type: list
   elements: str
+pods:
+  description:
+    - The workload's live pods (terminating ones excluded) read after the wait (or right after the patch with
+      O(wait=false)), for verification - every Ready pod should run RV(to_images) and none should belong to
+      RV(from_revision).
+    - Empty in check mode, on refusal, and when the pods may not be listed (the task then warns).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Pod name.
+      type: str
+    ready:
+      description: Whether the pod's Ready condition is true.
+      type: bool
+    phase:
+      description: Pod phase.
+      type: str
+    images:
+      description: Container images in container order (init containers excluded).
+      type: list
+      elements: str
+    image_ids:
+      description: The runtime's image IDs (digests) from the container statuses, in status order.
+      type: list
+      elements: str
+    revision:
+      description: History revision (number after the rollback's renumbering) the pod belongs to, or null.
+      type: int
+    node:
+      description: Node the pod is scheduled to.
+      type: str
 fled_marked:
   description: Name of the ReplicaSet or ControllerRevision marked as fled, or null.
   returned: success
@@ -341,14 +375,14 @@ from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
 )
 from ansible_collections.governed.rollback.plugins.module_utils._revisions import (
     RollbackRefused, check_kind, describe, fled_marks, mask_patch, mask_template, normalize_template,
-    plan_rollback, renumber_marks, selector_to_string, CHANGE_CAUSE_ANNOTATION,
+    plan_rollback, pod_summaries, renumber_marks, selector_to_string, build_history, CHANGE_CAUSE_ANNOTATION,
 )
 from ansible_collections.governed.rollback.plugins.module_utils._rollout import patch_time, wait_for_rollout
 
 try:
-    from kubernetes.client import AppsV1Api
+    from kubernetes.client import AppsV1Api, CoreV1Api
 except ImportError:  # pragma: no cover - require_k8s reports it
-    AppsV1Api = None
+    AppsV1Api = CoreV1Api = None
 
 # kind -> (plural resource for messages, client method suffix, history resource, history method suffix)
 KINDS = {
@@ -399,6 +433,16 @@ def read_state(apps, kind, namespace, name):
     """Read the workload and its history: everything the plan is computed from."""
     workload = read_workload(apps, kind, namespace, name)
     return workload, read_history(apps, kind, workload)
+
+
+def observe_pods(apps, kind, namespace, name):
+    """After the rollout: the workload's live pods, mapped to the (re-read, renumbered) history."""
+    workload, history_items = read_state(apps, kind, namespace, name)
+    selector = selector_to_string((workload.get("spec") or {}).get("selector"))
+    listing = _call(describe(kind, namespace, name), "list", "pods", namespace, None,
+                    CoreV1Api(apps.api_client).list_namespaced_pod, namespace, label_selector=selector)
+    history = build_history(kind, workload, history_items)
+    return pod_summaries(kind, workload, history, listing.get("items") or [])
 
 
 def _changed_since_read(apps, plan, error):
@@ -497,7 +541,8 @@ class Outcome(object):
         self.timings = {"read": 0.0, "patch": 0.0, "wait": 0.0, "total": 0.0}
         self.failed_msg = None
         self.result = {"changed": False, "kind": kind, "name": name, "namespace": namespace, "patch": None,
-                       "skipped_reason": None, "gitops_owners": [], "rollback_warnings": [], "timings": self.timings,
+                       "skipped_reason": None, "gitops_owners": [], "rollback_warnings": [], "pods": [],
+                       "timings": self.timings,
                        "wait": {"done": False, "state": "not_requested", "reason": "not waited",
                                 "elapsed_seconds": 0.0}}
 
@@ -519,6 +564,14 @@ def _wait(apps, plan, params, outcome, patched_at=None, uid=None):
     outcome.timings["wait"] = waited.elapsed_seconds
     outcome.result["wait"] = waited.as_dict()
     return waited
+
+
+def _observe(apps, plan, outcome):
+    try:
+        outcome.result["pods"] = observe_pods(apps, plan.kind, plan.namespace, plan.name)
+    except (RollbackRefused, K8sError) as error:
+        outcome.result["rollback_warnings"].append("could not list the pods of %s after the rollout: %s"
+                                                   % (plan.what, getattr(error, "msg", error)))
 
 
 def _diff(plan, workload):
@@ -563,6 +616,8 @@ def execute(apps, params, check_mode=False, diff=False):
             if not waited.done:
                 outcome.fail("%s already runs revision %d, but its rollout is not complete: %s"
                              % (plan.what, plan.target.number, waited.reason))
+        if not check_mode:
+            _observe(apps, plan, outcome)
         return outcome.close()
 
     result["patch"] = mask_patch(kind, plan.patch)
@@ -594,6 +649,7 @@ def execute(apps, params, check_mode=False, diff=False):
             outcome.fail("%s was rolled back from revision %s to %d, but the rollout did not complete (%s): %s"
                          % (plan.what, plan.current.number if plan.current else "?", plan.target.number,
                             waited.state, waited.reason))
+    _observe(apps, plan, outcome)
     return outcome.close()
 
 

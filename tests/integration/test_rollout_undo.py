@@ -179,6 +179,10 @@ def test_rollback_matches_kubectl_rollout_undo_on_a_twin_deployment(kubectl, run
     assert ours_rs[3]["metadata"]["annotations"][rev.FLED_REVISION_ANNOTATION] == "3"
     assert rev.FLED_AT_ANNOTATION not in twin_rs[3]["metadata"]["annotations"]
     assert result["fled_marked"] == ours_rs[3]["metadata"]["name"]
+    # The pods read after the wait: all Ready on the target images, in the renumbered revision, none fled.
+    assert len(result["pods"]) == 2
+    assert all(p["ready"] and p["images"] == ["aureus/frontend:v0.1.1"] and p["revision"] == 4
+               for p in result["pods"])
 
 
 def test_second_rollback_does_not_return_to_the_fled_version(kubectl, run_module, namespace, twin_namespace):
@@ -252,6 +256,8 @@ def test_controller_revision_rollback_restores_the_previous_template(kubectl, ru
     hashes = set(p["metadata"]["labels"]["controller-revision-hash"] for p in items(kubectl, "pods", namespace)
                  if not p["metadata"].get("deletionTimestamp"))
     assert hashes and all(revisions[1] in (h, "agent-" + h) for h in hashes)
+    assert result["pods"] and all(p["ready"] and p["images"] == ["agent:v1"] and p["revision"] == 3
+                                  for p in result["pods"])
     history = kubectl("rollout", "history", "%s/agent" % kind.lower(), "-n", namespace).stdout
     assert "governed.rollback: rollback 2 -> 1 by carol for INC-7" in history
 
@@ -451,6 +457,7 @@ def test_rollback_to_a_revision_that_never_becomes_ready_fails_at_wait_timeout(k
     assert (result["from_revision"], result["to_revision"]) == (3, 2)
     assert (result["from_images"], result["to_images"]) == (["app:v3"], ["app:v2"])
     assert container_image(get(kubectl, "deployment", namespace, "web")) == "app:v2"
+    assert any(not p["ready"] and p["images"] == ["app:v2"] for p in result["pods"])
 
 
 def test_fresh_progress_deadline_fails_the_wait_before_the_timeout(kubectl, run_module, namespace):

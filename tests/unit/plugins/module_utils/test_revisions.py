@@ -523,3 +523,37 @@ def test_planning_does_not_modify_its_inputs():
     before = copy.deepcopy((deploy, rss))
     rev.plan_rollback("Deployment", deploy, rss, actor="a")
     assert (deploy, rss) == before
+
+
+# --- pods after the rollout ----------------------------------------------------------------------------------------
+
+
+def pod(name, owner_uid, image, ready=True, labels=None, terminating=False):
+    meta = {"name": name, "labels": labels or {}, "ownerReferences": [{"uid": owner_uid, "controller": True}]}
+    if terminating:
+        meta["deletionTimestamp"] = "2024-01-15T10:00:00Z"
+    return {"metadata": meta, "spec": {"containers": [{"name": "web", "image": image}], "nodeName": "kwok-node-0"},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                       "containerStatuses": [{"name": "web", "imageID": "docker.io/%s@sha256:abc" % image}]}}
+
+
+def test_pods_of_a_deployment_are_mapped_to_their_replicaset_revision():
+    deploy, rss = seeded_world()
+    history = rev.deployment_history(deploy, rss)
+    pods = [pod("b", "rs-3", "aureus/frontend:v0.1.2", ready=False), pod("a", "rs-2", "aureus/frontend:v0.1.1"),
+            pod("gone", "rs-2", "aureus/frontend:v0.1.1", terminating=True), pod("stranger", "rs-x", "other:1")]
+    summaries = rev.pod_summaries("Deployment", deploy, history, pods)
+    assert [(p["name"], p["ready"], p["revision"], p["images"]) for p in summaries] == [
+        ("a", True, 2, ["aureus/frontend:v0.1.1"]), ("b", False, 3, ["aureus/frontend:v0.1.2"])]
+    assert summaries[0]["image_ids"] == ["docker.io/aureus/frontend:v0.1.1@sha256:abc"]
+
+
+def test_pods_of_statefulsets_and_daemonsets_are_mapped_by_revision_hash():
+    sts = statefulset("db:2")
+    history = rev.controller_revision_history(sts, [controller_revision("db:1", 1), controller_revision("db:2", 2)])
+    pods = [pod("db-0", "uid-sts", "db:1", labels={"controller-revision-hash": "db-1"}),  # StatefulSet style
+            pod("db-1", "uid-sts", "db:2", labels={"controller-revision-hash": "2"}),  # DaemonSet style
+            pod("db-2", "uid-sts", "db:2", labels={"controller-revision-hash": "unknown"}),
+            pod("db-3", "uid-someone-else", "db:2", labels={"controller-revision-hash": "db-2"})]
+    assert [(p["name"], p["revision"]) for p in rev.pod_summaries("StatefulSet", sts, history, pods)] == [
+        ("db-0", 1), ("db-1", 2), ("db-2", None)]
