@@ -659,12 +659,17 @@ def controller_revision_patch(resource_version, data, change_cause):
 
 
 def mask_patch(kind, patch):
-    """The patch as it may appear in output: secret-looking env values masked."""
+    """The patch as it may appear in output: secret-looking env values and last-applied manifests masked."""
     masked = copy.deepcopy(patch)
     if kind == "Deployment":
         for op in masked:
             if op.get("path") == "/spec/template":
                 op["value"] = mask_template(op["value"])
+            elif op.get("path") == "/metadata/annotations" and LAST_APPLIED_ANNOTATION in op["value"]:
+                # A whole manifest, literal env values included; the patch keeps it unchanged, so show only a digest.
+                kept = op["value"][LAST_APPLIED_ANNOTATION]
+                op["value"][LAST_APPLIED_ANNOTATION] = "<unchanged, %d characters, sha256:%s>" % (
+                    len(kept), hashlib.sha256(kept.encode("utf-8")).hexdigest())
     else:
         template = (masked.get("spec") or {}).get("template")
         if template is not None:

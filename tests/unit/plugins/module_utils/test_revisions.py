@@ -475,6 +475,16 @@ def test_secret_looking_env_values_are_masked_in_output_but_not_in_the_patch_sen
     assert plan.patch[1]["value"]["spec"]["containers"][0]["env"][0]["value"] == "hunter2"
 
 
+def test_last_applied_manifest_is_shown_only_as_a_digest():
+    deploy, rss = seeded_world()
+    manifest = '{"spec":{"template":{"spec":{"containers":[{"env":[{"name":"DB_PASSWORD","value":"hunter2"}]}]}}}}'
+    deploy["metadata"]["annotations"][rev.LAST_APPLIED_ANNOTATION] = manifest
+    plan = rev.plan_rollback("Deployment", deploy, rss)
+    shown = rev.mask_patch("Deployment", plan.patch)[2]["value"][rev.LAST_APPLIED_ANNOTATION]
+    assert "hunter2" not in shown and shown.startswith("<unchanged, %d characters, sha256:" % len(manifest))
+    assert plan.patch[2]["value"][rev.LAST_APPLIED_ANNOTATION] == manifest
+
+
 def test_plan_lists_template_changes_and_history():
     plan = plan_for()
     view = plan.plan()
