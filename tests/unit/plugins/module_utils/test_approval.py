@@ -41,7 +41,7 @@ REQUESTER = "oncall"
 
 
 def decide(row, approvals, requested_by=REQUESTER, roster=None, **kwargs):
-    rollback_type, (target, previous), _, _ = ROWS[row]
+    rollback_type, (target, previous) = ROWS[row][:2]
     return evaluate(rollback_type, requested_by, approvals, ROSTER if roster is None else roster,
                     target_revision=target, previous_revision=previous, now=NOW, **kwargs)
 
@@ -119,7 +119,7 @@ def test_p0_emergency_override_with_incident_commander_and_extra_approver_is_app
     if row == "deployment_last":
         rollback_type, target, previous, extra, requester = "deployment", 2, 2, None, "devops-lead"
     else:
-        rollback_type, (target, previous), _, extra = ROWS[row]
+        rollback_type, (target, previous), extra = ROWS[row][0], ROWS[row][1], ROWS[row][3]
         requester = REQUESTER
     decision = evaluate(rollback_type, requester, [extra] if extra else [], ROSTER, priority="P0",
                         incident_commander="ic", emergency_override=True, target_revision=target,

@@ -1,0 +1,989 @@
+# -*- coding: utf-8 -*-
+# Copyright: governed.rollback contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Rollback receipts: build, guard against secrets, validate, sign, chain into a ledger, verify.
+
+Layout on disk (all next to each other):
+  <ledger>              JSONL, one RFC 8785 canonical entry per line:
+                        {seq, prev, rollback_id, recorded_at, receipt_sha256, receipt, signatures, entry_sha256}
+                        entry_sha256 = sha256(JCS(entry without entry_sha256)); prev = previous entry_sha256;
+                        signatures = the DSSE signatures over the receipt's in-toto Statement (the payload is
+                        rebuilt from the receipt, so the ledger does not store the receipt twice).
+  <ledger>.head         DSSE envelope over {size, head} of the whole ledger, rewritten after every append,
+                        so cutting entries off the tail no longer matches the signed size.
+  <dir>/<id>.intoto.jsonl   the receipt's DSSE envelope (in-toto Statement v1) as a one-line bundle.
+
+Pure functions take bytes and dicts; the few I/O helpers (locking, fsync, atomic replace) sit at the end.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import base64
+import binascii
+import copy
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+import traceback
+
+from ansible_collections.governed.rollback.plugins.module_utils._receipt_schema import (
+    CONDITIONS,
+    PREDICATE_TYPE,
+    RECEIPT_SCHEMA,
+    RECEIPT_VERSION,
+    VERIFICATION_KEYS,
+)
+
+IMPORT_ERRORS = {}
+try:
+    import rfc8785
+except ImportError:  # pragma: no cover - exercised only without the library
+    rfc8785 = None
+    IMPORT_ERRORS["rfc8785"] = traceback.format_exc()
+try:
+    import jsonschema
+except ImportError:  # pragma: no cover
+    jsonschema = None
+    IMPORT_ERRORS["jsonschema"] = traceback.format_exc()
+try:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+except ImportError:  # pragma: no cover
+    IMPORT_ERRORS["cryptography"] = traceback.format_exc()
+try:
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.exceptions import VerificationError
+    from securesystemslib.signer import CryptoSigner, SSlibKey
+except ImportError:  # pragma: no cover
+    IMPORT_ERRORS["securesystemslib"] = traceback.format_exc()
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+STATEMENT_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+CHECKPOINT_PAYLOAD_TYPE = "application/vnd.governed.rollback.ledger-checkpoint+json"
+CHECKPOINT_TYPE = "https://governed.rollback/ledger-checkpoint/v1"
+GENESIS = "0" * 64
+GUARD_RULES = "receipt-secret-guard/v1"
+ENTRY_KEYS = ("seq", "prev", "rollback_id", "recorded_at", "receipt_sha256", "receipt", "signatures", "entry_sha256")
+SURFACES_BY_TYPE = {
+    "deployment": ["deployment"],
+    "configuration": ["config"],
+    "database": ["database"],
+    "policy": ["policy"],
+    "state": ["state"],
+}
+
+
+class ReceiptError(Exception):
+    """A receipt or key that must not be written/used; the message says which field and what to do."""
+
+    def __init__(self, msg, fields=None):
+        super(ReceiptError, self).__init__(msg)
+        self.msg = msg
+        self.fields = fields or []
+
+
+class LedgerError(Exception):
+    """The ledger does not verify; appending to it is refused."""
+
+    def __init__(self, msg, result=None):
+        super(LedgerError, self).__init__(msg)
+        self.msg = msg
+        self.result = result or {}
+
+
+def missing_libraries():
+    """Names of the Python libraries this module_utils needs but cannot import."""
+    return sorted(IMPORT_ERRORS)
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def format_time(moment):
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def default_rollback_id(now=None):
+    """The runbook's ROLLBACK_ID: rollback-YYYYmmdd-HHMMSS (UTC)."""
+    return (now or utc_now()).astimezone(datetime.timezone.utc).strftime("rollback-%Y%m%d-%H%M%S")
+
+
+# --------------------------------------------------------------------------- canonical JSON and digests
+
+def canonical(obj):
+    """RFC 8785 (JCS) bytes: the only serialization that is ever hashed or signed."""
+    try:
+        return rfc8785.dumps(obj)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise ReceiptError("value cannot be canonicalized as JSON (RFC 8785): %s" % exc)
+
+
+def sha256_hex(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def receipt_sha256(receipt):
+    return sha256_hex(canonical(receipt))
+
+
+# --------------------------------------------------------------------------- secret guard
+# Minimal fail-closed pattern pass: a receipt that looks like it holds a secret is refused, never redacted
+# into something half-true. Messages name the field and the rule, never the value.
+
+_SECRET_VALUE_RULES = (
+    ("private key block", re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")),
+    ("AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    ("JSON web token", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+    ("bearer token", re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{12,}")),
+    ("authorization header", re.compile(r"(?i)\bauthorization\s*[:=]\s*\S+")),
+    ("credentials in a URL", re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:[^/\s@]+@")),
+    ("password/token assignment", re.compile(
+        r"(?i)\b(?:password|passwd|pwd|passphrase|secret|token|api[_-]?key|access[_-]?key|secret[_-]?key"
+        r"|private[_-]?key|client[_-]?secret)\b\s*[:=]\s*['\"]?[^\s'\"]{3,}")),
+    ("GitHub token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b")),
+    ("Slack token", re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}")),
+    ("Stripe key", re.compile(r"\b[rs]k_live_[A-Za-z0-9]{16,}\b")),
+    ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b")),
+)
+_SECRET_KEY_NAME = re.compile(
+    r"(?i)(?:^|[_.-])(?:password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key|credentials?)$")
+_HIGH_ENTROPY_TOKEN = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
+_HEX_ONLY = re.compile(r"^[0-9a-fA-F]+$")
+
+
+def _entropy(text):
+    counts = {}
+    for char in text:
+        counts[char] = counts.get(char, 0) + 1
+    return -sum(c / float(len(text)) * math.log(c / float(len(text)), 2) for c in counts.values())
+
+
+def secret_findings(value, path=""):
+    """[(field_path, rule)] for every string (or key) that looks like a secret. Pure, never returns values."""
+    findings = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = "%s.%s" % (path, key) if path else str(key)
+            if _SECRET_KEY_NAME.search(str(key)) and item not in (None, "", False, [], {}):
+                findings.append((sub, "field named like a secret"))
+            findings.extend(secret_findings(key, sub + "<key>") if isinstance(key, str) and _scan_text(key) else [])
+            findings.extend(secret_findings(item, sub))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            findings.extend(secret_findings(item, "%s[%d]" % (path, index)))
+    elif isinstance(value, str):
+        findings.extend((path, rule) for rule in _scan_text(value))
+    return findings
+
+
+def _scan_text(text):
+    rules = [name for name, pattern in _SECRET_VALUE_RULES if pattern.search(text)]
+    for token in _HIGH_ENTROPY_TOKEN.findall(text):
+        # Hex (digests, key ids, git SHAs) is expected in receipts; random base64-like runs are not.
+        if not _HEX_ONLY.match(token) and _entropy(token) >= 4.5:
+            rules.append("high-entropy string")
+            break
+    return rules
+
+
+def mask_secret_text(text):
+    """(text with every secret-looking span replaced by [MASKED:<rule>], [rules]) for captured error text."""
+    rules = []
+    for name, pattern in _SECRET_VALUE_RULES:
+        text, count = pattern.subn("[MASKED:%s]" % name, text)
+        if count:
+            rules.append(name)
+
+    def entropy_mask(match):
+        token = match.group(0)
+        if _HEX_ONLY.match(token) or _entropy(token) < 4.5:
+            return token
+        rules.append("high-entropy string")
+        return "[MASKED:high-entropy string]"
+
+    text = _HIGH_ENTROPY_TOKEN.sub(entropy_mask, text)
+    return text, sorted(set(rules))
+
+
+def guard_secrets(receipt):
+    """Refuse a receipt that looks like it carries a secret (ReceiptError names fields and rules only)."""
+    findings = secret_findings(receipt)
+    if findings:
+        fields = sorted({finding[0] for finding in findings})
+        raise ReceiptError(
+            "receipt refused: %s look%s like %s; receipts never carry secrets (remove the value, describe it "
+            "without quoting it)" % (", ".join(fields), "s" if len(fields) == 1 else "",
+                                     ", ".join(sorted({finding[1] for finding in findings}))),
+            fields=fields)
+
+
+def mask_paths(obj, fields):
+    """Copy of obj with every value under the given dotted field paths replaced by a mask (for error output)."""
+    masked = copy.deepcopy(obj)
+    for field in fields:
+        parts = re.findall(r"[^.\[\]]+|\[\d+\]", field.replace("<key>", ""))
+        _mask(masked, parts)
+    return masked
+
+
+def _mask(node, parts):
+    if not parts:
+        return
+    head = parts[0]
+    if head.startswith("["):
+        index = int(head[1:-1])
+        if isinstance(node, list) and index < len(node):
+            if len(parts) == 1:
+                node[index] = "********"
+            else:
+                _mask(node[index], parts[1:])
+        return
+    if isinstance(node, dict):
+        for key in list(node):
+            if str(key) != head:
+                continue
+            if len(parts) == 1:
+                node[key] = "********"
+            else:
+                _mask(node[key], parts[1:])
+
+
+# --------------------------------------------------------------------------- schema
+
+_VALIDATOR = []
+
+
+def _validator():
+    if not _VALIDATOR:
+        cls = jsonschema.validators.validator_for(RECEIPT_SCHEMA)
+        cls.check_schema(RECEIPT_SCHEMA)
+        _VALIDATOR.append(cls(RECEIPT_SCHEMA))
+    return _VALIDATOR[0]
+
+
+def _error_field(error):
+    if error.validator == "anyOf" and error.instance is not None:
+        # A nullable field: report why the value fails the non-null branch, not "valid under none".
+        real = [e for e in error.context or () if list(e.relative_schema_path)[:1] == [0]]
+        if real:
+            return _error_field(real[0])
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [name for name in error.validator_value if name not in error.instance]
+        return ("%s.%s" % (path, missing[0]) if path else missing[0]), "is missing (required)"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in known)
+        return (path or "receipt"), "has unknown fields: %s" % ", ".join(extra)
+    condition = ""
+    schema_path = list(error.absolute_schema_path)
+    if len(schema_path) > 2 and schema_path[0] == "allOf" and schema_path[2] == "then":
+        condition = " " + CONDITIONS[schema_path[1]]
+    if error.instance is None:
+        return (path or "receipt"), "is missing (null)" + condition
+    return (path or "receipt"), error.message + condition
+
+
+def schema_errors(receipt):
+    """[(field, problem)] in a stable order; empty when the receipt is valid."""
+    errors = sorted(_validator().iter_errors(receipt), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    return [_error_field(e) for e in errors]
+
+
+def validate_receipt(receipt):
+    """Secret guard first (so no error ever echoes a secret), then the JSON Schema; ReceiptError names fields."""
+    guard_secrets(receipt)
+    errors = schema_errors(receipt)
+    if errors:
+        raise ReceiptError("receipt refused by the schema: " + "; ".join("%s %s" % (f, p) for f, p in errors),
+                           fields=[error[0] for error in errors])
+    return receipt
+
+
+# --------------------------------------------------------------------------- building the receipt
+
+def decision_from_approval(approval, requested_by=None):
+    """Accept a registered rollback_approval result or its ``decision`` dict; None when absent.
+
+    A failed approval task without a decision (bad arguments, bad matrix) becomes a denial that could not be
+    evaluated, so the receipt of that run can still be written.
+    """
+    if not approval:
+        return None
+    if not isinstance(approval, dict):
+        raise ReceiptError("approval must be the registered rollback_approval result or its decision dict")
+    if approval.get("failed") and "decision" not in approval:
+        args = (approval.get("invocation") or {}).get("module_args") or {}
+        return {"approved": False, "rule": "unevaluated", "approval_path": "denied", "missing_roles": [],
+                "emergency": False, "requested_by": requested_by or args.get("requested_by") or "unknown",
+                "post_incident_review": "not_required", "retroactive_approval_due": None, "approved_by": [],
+                "message": "approval could not be evaluated: %s" % (approval.get("msg") or "no message")}
+    decision = approval.get("decision", approval)
+    if not isinstance(decision, dict) or "approved" not in decision or "rule" not in decision:
+        raise ReceiptError("approval does not look like a rollback_approval decision (needs approved and rule); "
+                           "pass the registered result of governed.rollback.rollback_approval")
+    return copy.deepcopy(decision)
+
+
+def normalize_evidence(evidence):
+    """{archive, archive_sha256, manifest, manifest_sha256} from an evidence dict.
+
+    Accepts the registered result of governed.rollback.evidence_capture (archive_path, archive_sha256,
+    manifest_path, manifest{path, sha256}, evidence_manifest{...}) or a plain dict with the four keys.
+    """
+    if not evidence:
+        return None
+    nested = [evidence]
+    for key in ("evidence_manifest", "manifest"):
+        if isinstance(evidence.get(key), dict):
+            nested.append(evidence[key])
+    candidates = {
+        "archive": ("archive", "archive_path"),
+        "archive_sha256": ("archive_sha256",),
+        "manifest": ("manifest", "manifest_path", "path"),
+        "manifest_sha256": ("manifest_sha256", "sha256"),
+    }
+    result = {}
+    for field, names in candidates.items():
+        value = None
+        for source in nested:
+            for name in names:
+                # "path"/"sha256" only mean the manifest's inside a nested manifest dict.
+                if name in ("path", "sha256") and source is evidence:
+                    continue
+                if isinstance(source.get(name), str) and source[name]:
+                    value = source[name]
+                    break
+            if value is not None:
+                break
+        if value is not None and field.endswith("sha256") and value.startswith("sha256:"):
+            value = value[len("sha256:"):]
+        result[field] = value
+    return result
+
+
+def _verification(given):
+    result = dict((key, "not_run") for key in VERIFICATION_KEYS)
+    for key, value in (given or {}).items():
+        if isinstance(value, bool):
+            value = "pass" if value else "fail"
+        result[key] = value.strip().lower() if isinstance(value, str) else value
+    return result
+
+
+def _approved_by(given, decision):
+    if given is None:
+        return [dict(name=a["name"], roles=list(a.get("roles", []))) for a in (decision or {}).get("approved_by", [])]
+    result = []
+    for item in given:
+        if isinstance(item, dict):
+            result.append({"name": item.get("name"), "roles": list(item.get("roles") or [])})
+        else:
+            result.append({"name": str(item), "roles": []})
+    return result
+
+
+OPTIONAL_FIELDS = ("config_type", "changed_keys", "migration_reverted", "backup_location", "data_loss", "downtime",
+                   "dba_approval", "policy_name", "security_review", "affected_users", "snapshot_id", "failure",
+                   "details")
+
+
+def build_receipt(fields, approval=None, evidence=None, signing_required=True, keyid=None, now=None,
+                  masked_fields=()):
+    """Assemble the receipt dict from caller fields and the approval decision (pure; validation is separate).
+
+    ``fields`` holds the receipt field names; None means "not given". Derived values (requested_by,
+    approved_by, approver, dba_approval, security_review, emergency, started_at) come from the decision
+    unless given explicitly.
+    """
+    now = now or utc_now()
+    decision = decision_from_approval(approval, fields.get("requested_by"))
+    assignments = (decision or {}).get("role_assignments") or {}
+    rollback_type = fields.get("rollback_type") or (decision or {}).get("rollback_type")
+    approved_by = _approved_by(fields.get("approved_by"), decision)
+    completed_at = fields.get("completed_at") or format_time(now)
+    receipt = {
+        "receipt_version": RECEIPT_VERSION,
+        "rollback_id": fields.get("rollback_id") or default_rollback_id(now),
+        "run_type": fields.get("run_type") or ("ops.%s.rollback" % rollback_type if rollback_type else None),
+        "rollback_type": rollback_type,
+        "outcome": fields.get("outcome"),
+        "incident_id": fields.get("incident_id"),
+        "requested_by": fields.get("requested_by") or (decision or {}).get("requested_by"),
+        "approved_by": approved_by,
+        "approver": fields.get("approver") or (", ".join(a["name"] for a in approved_by) or None),
+        "started_at": fields.get("started_at") or (decision or {}).get("evaluated_at"),
+        "completed_at": completed_at,
+        "timestamp": completed_at,
+        "environment": fields.get("environment"),
+        "reason": fields.get("reason"),
+        "current_ref": fields.get("current_ref"),
+        "rollback_target_ref": fields.get("rollback_target_ref"),
+        "changed_surfaces": (fields.get("changed_surfaces") if fields.get("changed_surfaces") is not None
+                             else list(SURFACES_BY_TYPE.get(rollback_type, []))),
+        "verification": _verification(fields.get("verification")),
+        "notes": fields.get("notes"),
+        "component": fields.get("component"),
+        "from_version": fields.get("from_version"),
+        "to_version": fields.get("to_version"),
+        "approval": decision,
+        "emergency": bool((decision or {}).get("emergency")),
+        "retroactive_approval_due": (decision or {}).get("retroactive_approval_due"),
+        "post_incident_review": (decision or {}).get("post_incident_review") or "not_required",
+        "evidence": normalize_evidence(evidence),
+        "signing": {"required": bool(signing_required), "signed": keyid is not None, "keyid": keyid,
+                    "predicate_type": PREDICATE_TYPE},
+        "redaction": {"status": "masked" if masked_fields else "passed", "rules": GUARD_RULES,
+                      "masked_fields": sorted(masked_fields)},
+    }
+    derived = dict(fields)
+    if rollback_type == "database" and derived.get("dba_approval") is None:
+        derived["dba_approval"] = assignments.get("dba")
+    if rollback_type == "policy" and derived.get("security_review") is None and assignments.get("security"):
+        derived["security_review"] = "approved"
+    for name in OPTIONAL_FIELDS:
+        if derived.get(name) is not None:
+            receipt[name] = derived[name]
+    return receipt
+
+
+# --------------------------------------------------------------------------- keys and DSSE
+
+def load_signer(pem):
+    """CryptoSigner from an unencrypted PEM ed25519 private key (bytes or str)."""
+    if isinstance(pem, str):
+        pem = pem.encode("utf-8")
+    try:
+        private_key = load_pem_private_key(pem.strip() + b"\n", password=None)
+    except TypeError:
+        raise ReceiptError("the signing key is encrypted; provide an unencrypted PKCS#8 PEM ed25519 key")
+    except (ValueError, binascii.Error):
+        raise ReceiptError("the signing key is not a PEM private key; provide an ed25519 key in PKCS#8 PEM "
+                           "(openssl genpkey -algorithm ed25519)")
+    if not isinstance(private_key, Ed25519PrivateKey):
+        raise ReceiptError("the signing key is a %s key; receipts are signed with ed25519 only"
+                           % type(private_key).__name__.replace("_", "").replace("PrivateKey", ""))
+    return CryptoSigner(private_key, SSlibKey.from_crypto(private_key.public_key(), scheme="ed25519"))
+
+
+def load_public_key(material):
+    """SSlibKey from a PEM public key, a PEM private key (its public half) or a securesystemslib key dict/JSON."""
+    if isinstance(material, dict):
+        return _sslib_key_from_dict(material)
+    text = material.decode("utf-8") if isinstance(material, bytes) else str(material)
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            return _sslib_key_from_dict(json.loads(stripped))
+        except ValueError as exc:
+            raise ReceiptError("public key JSON does not parse: %s" % exc)
+    if "PRIVATE KEY" in stripped:
+        return load_signer(stripped).public_key
+    try:
+        public_key = load_pem_public_key(stripped.encode("utf-8") + b"\n")
+    except (ValueError, binascii.Error):
+        raise ReceiptError("the public key is neither a PEM public key nor a securesystemslib key dict")
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise ReceiptError("the public key is not ed25519; receipts are verified with ed25519 keys only")
+    return SSlibKey.from_crypto(public_key, scheme="ed25519")
+
+
+def _sslib_key_from_dict(data):
+    data = copy.deepcopy(data)
+    keyid = data.pop("keyid", None)
+    if data.get("keytype") != "ed25519":
+        raise ReceiptError("the public key dict is keytype %r; receipts are verified with ed25519 keys only"
+                           % data.get("keytype"))
+    if keyid is None:
+        return SSlibKey.from_crypto(SSlibKey("0", data["keytype"], data["scheme"], data["keyval"])._crypto_key(),
+                                    scheme="ed25519")
+    return SSlibKey.from_dict(keyid, data)
+
+
+def public_key_pem(key):
+    """PEM text of an SSlibKey's public half (what verify-receipts.yml is given)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    return key._crypto_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+
+
+def sign_payload(payload, payload_type, signer):
+    envelope = Envelope(payload, payload_type, {})
+    if signer is not None:
+        envelope.sign(signer)
+    return envelope.to_dict()
+
+
+def open_envelope(envelope_dict, keys=None):
+    """Decode a DSSE envelope; with keys, require one valid signature. Returns (payload_bytes, keyids)."""
+    if not isinstance(envelope_dict, dict) or not isinstance(envelope_dict.get("signatures"), list):
+        raise ReceiptError("not a DSSE envelope (payload, payloadType, signatures)")
+    try:
+        # securesystemslib 1.x from_dict mutates its input: hand it a copy.
+        envelope = Envelope.from_dict(copy.deepcopy(envelope_dict))
+    except (KeyError, ValueError, TypeError, binascii.Error) as exc:
+        raise ReceiptError("DSSE envelope does not parse: %s" % exc)
+    except Exception as exc:  # securesystemslib FormatError and friends  # pylint: disable=broad-exception-caught
+        raise ReceiptError("DSSE envelope does not parse: %s" % exc)
+    keyids = sorted(envelope.signatures)
+    if keys:
+        try:
+            envelope.verify(list(keys), 1)
+        except VerificationError:
+            raise ReceiptError("signature does not verify with the given public key(s) (keyid %s; signed by %s)"
+                               % (", ".join(k.keyid[:16] for k in keys), ", ".join(k[:16] for k in keyids) or
+                                  "nobody"))
+    return envelope.payload, envelope.payload_type, keyids
+
+
+def make_statement(receipt, digest):
+    """in-toto Statement v1 carrying the receipt as a custom predicate; every subject has a digest."""
+    subjects = [{"name": "receipt:%s" % receipt["rollback_id"], "digest": {"sha256": digest}}]
+    evidence = receipt.get("evidence") or {}
+    if evidence.get("archive_sha256"):
+        subjects.append({"name": os.path.basename(evidence.get("archive") or "evidence.tar.gz"),
+                         "digest": {"sha256": evidence["archive_sha256"]}})
+    if evidence.get("manifest_sha256"):
+        subjects.append({"name": os.path.basename(evidence.get("manifest") or "manifest.json"),
+                         "digest": {"sha256": evidence["manifest_sha256"]}})
+    target = receipt.get("rollback_target_ref")
+    if target:
+        if "sha256:" in target:
+            subjects.append({"name": "rollback_target_ref", "digest": {"sha256": target.split("sha256:", 1)[1]}})
+        else:
+            subjects.append({"name": "rollback_target_ref", "digest": {"gitCommit": target}})
+    return {"_type": STATEMENT_TYPE, "subject": subjects, "predicateType": PREDICATE_TYPE, "predicate": receipt}
+
+
+# --------------------------------------------------------------------------- ledger entries (pure)
+
+def statement_payload(receipt, digest=None):
+    return canonical(make_statement(receipt, digest or receipt_sha256(receipt)))
+
+
+def receipt_envelope(receipt, signatures):
+    """The receipt's DSSE envelope (what goes into <id>.intoto.jsonl) from its recorded signatures."""
+    payload = statement_payload(receipt)
+    return {"payload": base64.b64encode(payload).decode("ascii"), "payloadType": STATEMENT_PAYLOAD_TYPE,
+            "signatures": copy.deepcopy(signatures)}
+
+
+def make_entry(seq, prev, receipt, signatures, recorded_at):
+    entry = {
+        "seq": seq,
+        "prev": prev,
+        "rollback_id": receipt["rollback_id"],
+        "recorded_at": recorded_at,
+        "receipt_sha256": receipt_sha256(receipt),
+        "receipt": receipt,
+        "signatures": signatures,
+    }
+    entry["entry_sha256"] = sha256_hex(canonical(entry))
+    return entry
+
+
+def entry_line(entry):
+    return canonical(entry) + b"\n"
+
+
+def make_checkpoint(size, head, updated_at, signer):
+    payload = canonical({"_type": CHECKPOINT_TYPE, "size": size, "head": head, "updated_at": updated_at})
+    return sign_payload(payload, CHECKPOINT_PAYLOAD_TYPE, signer)
+
+
+def _reject_duplicates(pairs):
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError("duplicate key %r" % key)
+        result[key] = value
+    return result
+
+
+def _check_entry(line, seq, prev, keys, seen_ids):
+    """Problems with one ledger line, as a string, or (None, entry)."""
+    try:
+        entry = json.loads(line.decode("utf-8"), object_pairs_hook=_reject_duplicates)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return "is not valid JSON (%s)" % exc, None
+    if not isinstance(entry, dict) or sorted(entry) != sorted(ENTRY_KEYS):
+        return "does not have the entry fields %s" % ", ".join(ENTRY_KEYS), None
+    try:
+        if canonical(entry) != line:
+            return "is not in canonical (RFC 8785) form: it was edited", entry
+        body = dict((k, v) for k, v in entry.items() if k != "entry_sha256")
+        if sha256_hex(canonical(body)) != entry["entry_sha256"]:
+            return "does not match its own entry_sha256: it was altered", entry
+    except ReceiptError as exc:
+        return exc.msg, entry
+    if entry["seq"] != seq:
+        return "has seq %r where %d was expected (entries missing or reordered)" % (entry["seq"], seq), entry
+    if entry["prev"] != prev:
+        return "does not chain to entry %d (prev is not the previous entry_sha256)" % (seq - 1), entry
+    receipt = entry["receipt"]
+    if not isinstance(receipt, dict) or receipt_sha256(receipt) != entry["receipt_sha256"]:
+        return "receipt does not match receipt_sha256", entry
+    if receipt.get("rollback_id") != entry["rollback_id"]:
+        return "rollback_id differs from its receipt's", entry
+    if entry["rollback_id"] in seen_ids:
+        return "repeats rollback_id %s already recorded at entry %d" % (entry["rollback_id"],
+                                                                        seen_ids[entry["rollback_id"]]), entry
+    errors = schema_errors(receipt)
+    if errors:
+        return "receipt fails the schema: %s" % "; ".join("%s %s" % e for e in errors[:3]), entry
+    signing = receipt.get("signing") or {}
+    if not isinstance(entry["signatures"], list):
+        return "signatures is not a list", entry
+    if not entry["signatures"]:
+        if signing.get("required") or signing.get("signed"):
+            return "has no signature although its receipt says it is signed", entry
+        return None, entry
+    try:
+        keyids = open_envelope(receipt_envelope(receipt, entry["signatures"]), keys)[2]
+    except ReceiptError as exc:
+        return exc.msg, entry
+    if signing.get("keyid") not in keyids:
+        return "receipt names keyid %s but the envelope is signed by %s" % (signing.get("keyid"), keyids), entry
+    return None, entry
+
+
+def verify_ledger_bytes(data, head_bytes=None, keys=None):
+    """Walk the whole ledger and its signed head. Pure: bytes in, result dict out.
+
+    keys: SSlibKeys that signatures must verify against; None/empty skips signature checks (chain, digests
+    and schema are always checked). Returns {valid, entries, first_bad_entry, bad_rollback_id, message,
+    checkpoint, unsigned_entries, signatures_checked, last_entry_sha256, index}.
+    """
+    result = {"valid": False, "entries": 0, "first_bad_entry": None, "bad_rollback_id": None, "message": "",
+              "checkpoint": None, "unsigned_entries": [], "signatures_checked": bool(keys),
+              "last_entry_sha256": GENESIS, "index": {}}
+    data = data or b""
+    lines = data.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    prev = GENESIS
+    for offset, line in enumerate(complete):
+        seq = offset + 1
+        problem, entry = _check_entry(line, seq, prev, keys, result["index"])
+        if problem:
+            return _bad(result, seq, entry, "entry %d%s %s" % (seq, _named(entry), problem))
+        if not entry["signatures"]:
+            result["unsigned_entries"].append(seq)
+        result["index"][entry["rollback_id"]] = seq
+        prev = entry["entry_sha256"]
+        result["entries"] = seq
+    result["last_entry_sha256"] = prev
+    if tail:
+        seq = len(complete) + 1
+        return _bad(result, seq, None, "entry %d is incomplete (no trailing newline): a write was cut short; "
+                                       "move the ledger aside and restore it from its last good copy" % seq)
+    return _check_head(result, head_bytes, keys)
+
+
+def _named(entry):
+    if isinstance(entry, dict) and isinstance(entry.get("rollback_id"), str):
+        return " (%s)" % entry["rollback_id"]
+    return ""
+
+
+def _bad(result, seq, entry, message):
+    result.update(valid=False, first_bad_entry=seq, message=message,
+                  bad_rollback_id=entry.get("rollback_id") if isinstance(entry, dict) else None)
+    return result
+
+
+def _check_head(result, head_bytes, keys):
+    count = result["entries"]
+    if not head_bytes:
+        if count == 0:
+            result.update(valid=True, message="ledger is empty")
+            return result
+        return _bad(result, count, None, "signed head missing: %d entries but no checkpoint, so a cut-off tail "
+                                         "could not be detected; restore the .head file" % count)
+    try:
+        envelope = json.loads(head_bytes.decode("utf-8"))
+        payload, payload_type, keyids = open_envelope(envelope, keys)
+        checkpoint = json.loads(payload.decode("utf-8"))
+        size, head = checkpoint["size"], checkpoint["head"]
+    except ReceiptError as exc:
+        return _bad(result, count or None, None, "signed head: %s" % exc.msg)
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        return _bad(result, count or None, None, "signed head does not parse: %s" % exc)
+    if payload_type != CHECKPOINT_PAYLOAD_TYPE or checkpoint.get("_type") != CHECKPOINT_TYPE:
+        return _bad(result, count or None, None, "signed head is not a ledger checkpoint")
+    result["checkpoint"] = {"size": size, "head": head, "updated_at": checkpoint.get("updated_at"), "signed": bool(keyids),
+                      "keyids": keyids}
+    if keys and not keyids:
+        return _bad(result, count or None, None, "signed head carries no signature")
+    if not isinstance(size, int) or size < 0:
+        return _bad(result, None, None, "signed head has an invalid size")
+    if size > count:
+        return _bad(result, count + 1, None,
+                    "ledger truncated: the signed head covers %d entries but the file holds %d; entries %d..%d are "
+                    "missing" % (size, count, count + 1, size))
+    if size < count:
+        return _bad(result, size + 1, None,
+                    "entries %d..%d are not covered by the signed head (size %d): appended without the ledger "
+                    "lock or the head was rolled back" % (size + 1, count, size))
+    if head != result["last_entry_sha256"]:
+        return _bad(result, count, None, "entry %d does not match the signed head (head %s…, entry %s…): the "
+                                         "ledger was rewritten" % (count, str(head)[:16],
+                                                                   result["last_entry_sha256"][:16]))
+    result.update(valid=True, message="ledger verifies: %d entries, head %s…%s" % (
+        count, result["last_entry_sha256"][:16], "" if keys else " (signatures not checked: no public key given)"))
+    return result
+
+
+# --------------------------------------------------------------------------- ledger I/O
+
+def head_path(ledger):
+    return ledger + ".head"
+
+
+def envelope_path_for(ledger, rollback_id):
+    return os.path.join(os.path.dirname(os.path.abspath(ledger)), "%s.intoto.jsonl" % rollback_id)
+
+
+def _read_all(fd):
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _read_file(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except IOError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, data, mode=0o640):
+    """Write a file so readers see either the old or the new content, durably."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def verify_ledger(ledger, keys=None):
+    """verify_ledger_bytes over the files, read under a shared lock so a concurrent append is never half-seen."""
+    fd = None
+    try:
+        fd = os.open(ledger, os.O_RDONLY)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            data = _read_all(fd)
+        else:
+            data = b""
+        result = verify_ledger_bytes(data, _read_file(head_path(ledger)), keys)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if fd is None and result["valid"]:
+        result["message"] = "ledger %s does not exist yet (no receipts)" % ledger
+    return result
+
+
+def _find_existing(data, index, rollback_id):
+    seq = index.get(rollback_id)
+    if not seq:
+        return None
+    line = data.split(b"\n")[seq - 1]
+    return json.loads(line.decode("utf-8"))
+
+
+# Times a rerun of the same rollback computes afresh; idempotence compares receipts without them.
+RERUN_TIME_FIELDS = ("started_at", "completed_at", "timestamp", "retroactive_approval_due")
+RERUN_APPROVAL_TIME_FIELDS = ("evaluated_at", "retroactive_approval_due", "message")
+
+
+def without_rerun_times(receipt):
+    """The receipt with the fields a rerun recomputes from the clock blanked (approval.message embeds a due time)."""
+    timeless = copy.deepcopy(receipt)
+    for field in RERUN_TIME_FIELDS:
+        timeless[field] = None
+    if isinstance(timeless.get("approval"), dict):
+        for field in RERUN_APPROVAL_TIME_FIELDS:
+            timeless["approval"][field] = None
+    return timeless
+
+
+def _differing_fields(one, other):
+    fields = []
+    for key in sorted(set(one) | set(other)):
+        if isinstance(one.get(key), dict) and isinstance(other.get(key), dict):
+            fields.extend("%s.%s" % (key, sub) for sub in _differing_fields(one[key], other[key]))
+        elif one.get(key) != other.get(key):
+            fields.append(key)
+    return fields
+
+
+def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=False, now=None,
+                   envelope_path=None):
+    """Validate, sign and append one receipt under an exclusive lock; refuse a ledger that does not verify.
+
+    Idempotent per rollback_id: the same receipt again (differing at most in the times a rerun recomputes)
+    returns the recorded entry unchanged (changed False); different content under a recorded rollback_id
+    is refused, naming the fields that differ.
+    Returns {changed, rollback_id, receipt, receipt_sha256, ledger_seq, entry_sha256, signed, keyid, envelope,
+    head} (the module's return values).
+    """
+    now = now or utc_now()
+    keys = list(trusted_keys or [])
+    if signer is not None and all(k.keyid != signer.public_key.keyid for k in keys):
+        keys.append(signer.public_key)
+    receipt = copy.deepcopy(receipt)
+    validate_receipt(receipt)
+    expected_keyid = signer.public_key.keyid if signer is not None else None
+    if receipt["signing"]["keyid"] != expected_keyid:
+        raise ReceiptError("receipt signing.keyid %s does not match the signing key %s"
+                           % (receipt["signing"]["keyid"], expected_keyid), fields=["signing.keyid"])
+    directory = os.path.dirname(os.path.abspath(ledger))
+    if not os.path.isdir(directory):
+        if check_mode:
+            return _plan(receipt, signer, 1, envelope_path or envelope_path_for(ledger, receipt["rollback_id"]), ledger)
+        os.makedirs(directory, 0o750)
+    flags = os.O_RDONLY if check_mode else (os.O_RDWR | os.O_CREAT | os.O_APPEND)
+    try:
+        fd = os.open(ledger, flags, 0o640)
+    except OSError as exc:
+        if check_mode and exc.errno == errno.ENOENT:
+            fd = None
+        else:
+            raise
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH if check_mode else fcntl.LOCK_EX)
+            data = _read_all(fd)
+        else:
+            data = b""
+        head_bytes = _read_file(head_path(ledger))
+        state = verify_ledger_bytes(data, head_bytes, keys or None)
+        if not state["valid"]:
+            raise LedgerError("refusing to append to %s: it does not verify: %s" % (ledger, state["message"]), state)
+        if signer is None and state["checkpoint"] and state["checkpoint"]["signed"]:
+            raise LedgerError("refusing to append to %s without a signing key: its head is signed and an unsigned "
+                              "append would downgrade it; provide signing_key or signing_key_path" % ledger, state)
+        existing = _find_existing(data, state["index"], receipt["rollback_id"])
+        if existing is not None:
+            recorded, wanted = without_rerun_times(existing["receipt"]), without_rerun_times(receipt)
+            if receipt_sha256(recorded) != receipt_sha256(wanted):
+                differing = _differing_fields(wanted, recorded)
+                raise LedgerError("rollback_id %s is already recorded at entry %d with different content (%s); a "
+                                  "receipt is immutable: record this run under a new rollback_id"
+                                  % (receipt["rollback_id"], existing["seq"], ", ".join(differing)), state)
+            path = envelope_path or envelope_path_for(ledger, receipt["rollback_id"])
+            changed = False
+            if existing["signatures"] and not check_mode:
+                changed = _write_envelope_file(path, receipt_envelope(existing["receipt"], existing["signatures"]))
+            return _result(existing, changed, path, ledger)
+        signatures = _sign_receipt(receipt, signer)
+        entry = make_entry(state["entries"] + 1, state["last_entry_sha256"], receipt, signatures, format_time(now))
+        path = envelope_path or envelope_path_for(ledger, receipt["rollback_id"])
+        if check_mode:
+            return _result(entry, True, path, ledger)
+        line = entry_line(entry)
+        written = os.write(fd, line)
+        if written != len(line):
+            raise LedgerError("short write to %s (%d of %d bytes); the ledger now needs repair from its last good "
+                              "copy" % (ledger, written, len(line)))
+        os.fsync(fd)
+        if not data:
+            _fsync_dir(directory)
+        atomic_write(head_path(ledger), canonical(make_checkpoint(entry["seq"], entry["entry_sha256"],
+                                                                  format_time(now), signer)) + b"\n")
+        if signatures:
+            _write_envelope_file(path, receipt_envelope(receipt, signatures))
+        return _result(entry, True, path, ledger)
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing drops the flock
+
+
+def _write_envelope_file(path, envelope):
+    content = canonical(envelope) + b"\n"
+    if _read_file(path) == content:
+        return False
+    atomic_write(path, content, 0o644)
+    return True
+
+
+def _sign_receipt(receipt, signer):
+    if signer is None:
+        return []
+    return sign_payload(statement_payload(receipt), STATEMENT_PAYLOAD_TYPE, signer)["signatures"]
+
+
+def _plan(receipt, signer, seq, envelope_path, ledger):
+    entry = make_entry(seq, GENESIS, receipt, _sign_receipt(receipt, signer), format_time(utc_now()))
+    return _result(entry, True, envelope_path, ledger)
+
+
+def _result(entry, changed, envelope_path, ledger):
+    signed = bool(entry["signatures"])
+    return {
+        "changed": changed,
+        "rollback_id": entry["rollback_id"],
+        "receipt": entry["receipt"],
+        "receipt_sha256": entry["receipt_sha256"],
+        "ledger_seq": entry["seq"],
+        "entry_sha256": entry["entry_sha256"],
+        "signed": signed,
+        "keyid": entry["receipt"]["signing"]["keyid"],
+        "envelope": envelope_path if signed else None,
+        "head": head_path(ledger),
+    }
+
+
+def receipt_summary(receipt, digest, seq):
+    """The small dict published through set_stats / ansible_stats for AWX job artifacts."""
+    return {
+        "rollback_id": receipt["rollback_id"],
+        "outcome": receipt["outcome"],
+        "rollback_type": receipt["rollback_type"],
+        "incident_id": receipt["incident_id"],
+        "requested_by": receipt["requested_by"],
+        "approver": receipt["approver"],
+        "emergency": receipt["emergency"],
+        "retroactive_approval_due": receipt["retroactive_approval_due"],
+        "evidence_archive_sha256": (receipt.get("evidence") or {}).get("archive_sha256"),
+        "receipt_sha256": digest,
+        "ledger_seq": seq,
+        "signed": receipt["signing"]["signed"],
+    }

@@ -1,0 +1,190 @@
+# -*- coding: utf-8 -*-
+# Copyright: governed.rollback contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""JSON Schema (draft 2020-12) of a rollback receipt, the one place it is defined.
+
+Kept as a Python dict so it travels inside module_utils (AnsiballZ ships no data files).
+Fields: the KFM runbook's minimum receipt, the AUREUS runbook's rollback manifests, plus
+outcome, approval decision, emergency, evidence digests, signing and redaction status.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+RECEIPT_VERSION = 1
+PREDICATE_TYPE = "https://governed.rollback/rollback-receipt/v1"
+
+ROLLBACK_TYPES = ["deployment", "configuration", "database", "policy", "state"]
+OUTCOMES = ["succeeded", "failed", "denied"]
+VERIFICATION_KEYS = ["health", "policy_invariants", "contract_smoke", "health_check", "smoke_tests", "user_validation"]
+# The KFM runbook says pass|fail, the AUREUS one passed/pending: both vocabularies are accepted.
+VERIFICATION_RESULTS = ["pass", "fail", "passed", "failed", "pending", "inconclusive", "skipped", "not_run",
+                        "not_required"]
+
+_TIMESTAMP = {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?Z$"}
+_SHA256_HEX = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+# A digest (sha256:<hex>, optionally image@sha256:<hex>) or a git commit SHA (40 or 64 hex).
+_REF = {"type": "string", "pattern": r"^(([^\s@]+@)?sha256:[0-9a-f]{64}|[0-9a-f]{40}|[0-9a-f]{64})$"}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 4096}
+_NAME = {"type": "string", "minLength": 1, "maxLength": 256}
+
+
+def _nullable(schema):
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+RECEIPT_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": PREDICATE_TYPE,
+    "title": "governed.rollback rollback receipt",
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "receipt_version", "rollback_id", "run_type", "rollback_type", "outcome", "incident_id", "requested_by",
+        "approved_by", "approver", "started_at", "completed_at", "timestamp", "environment", "reason", "current_ref",
+        "rollback_target_ref", "changed_surfaces", "verification", "notes", "component", "from_version", "to_version",
+        "approval", "emergency", "retroactive_approval_due", "post_incident_review", "evidence", "signing",
+        "redaction",
+    ],
+    "properties": {
+        "receipt_version": {"const": RECEIPT_VERSION},
+        "rollback_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+        "run_type": {"type": "string", "pattern": r"^[a-z][a-z0-9_]*(\.[a-z0-9_-]+)+$"},
+        "rollback_type": {"enum": ROLLBACK_TYPES},
+        "outcome": {"enum": OUTCOMES},
+        "incident_id": _nullable(_NAME),
+        "requested_by": _NAME,
+        "approved_by": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "roles"],
+                "properties": {"name": _NAME, "roles": {"type": "array", "items": _NAME}},
+            },
+        },
+        "approver": _nullable(_TEXT),
+        "started_at": _TIMESTAMP,
+        "completed_at": _TIMESTAMP,
+        "timestamp": _TIMESTAMP,
+        "environment": _NAME,
+        "reason": _TEXT,
+        "current_ref": _nullable(_REF),
+        "rollback_target_ref": _nullable(_REF),
+        "changed_surfaces": {"type": "array", "uniqueItems": True,
+                             "items": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]*$"}},
+        "verification": {
+            "type": "object",
+            "required": VERIFICATION_KEYS,
+            "propertyNames": {"pattern": "^[a-z][a-z0-9_]*$"},
+            "additionalProperties": {"enum": VERIFICATION_RESULTS},
+        },
+        "notes": _nullable(_TEXT),
+        "component": _NAME,
+        "from_version": _nullable(_NAME),
+        "to_version": _nullable(_NAME),
+        "config_type": _nullable(_NAME),
+        "changed_keys": _nullable({"type": "array", "items": _NAME}),
+        "migration_reverted": _nullable(_NAME),
+        "backup_location": _nullable(_TEXT),
+        "data_loss": _nullable(_TEXT),
+        "downtime": _nullable(_NAME),
+        "dba_approval": _nullable(_NAME),
+        "policy_name": _nullable(_NAME),
+        "security_review": _nullable(_NAME),
+        "affected_users": _nullable({"type": "integer", "minimum": 0}),
+        "snapshot_id": _nullable(_NAME),
+        "failure": _nullable({
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"task": _nullable(_TEXT), "message": _nullable(_TEXT)},
+        }),
+        "approval": _nullable({
+            "type": "object",
+            "required": ["approved", "rule", "approval_path", "missing_roles", "emergency", "requested_by"],
+            "properties": {
+                "approved": {"type": "boolean"},
+                "rule": _NAME,
+                "approval_path": {"enum": ["approval", "auto_approval", "emergency_override", "denied"]},
+                "missing_roles": {"type": "array", "items": _NAME},
+                "emergency": {"type": "boolean"},
+                "requested_by": _NAME,
+            },
+        }),
+        "emergency": {"type": "boolean"},
+        "retroactive_approval_due": _nullable(_TIMESTAMP),
+        "post_incident_review": {"enum": ["required", "not_required"]},
+        "evidence": _nullable({
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "archive": _nullable(_TEXT),
+                "archive_sha256": _nullable(_SHA256_HEX),
+                "manifest": _nullable(_TEXT),
+                "manifest_sha256": _nullable(_SHA256_HEX),
+            },
+        }),
+        "signing": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["required", "signed", "keyid", "predicate_type"],
+            "properties": {
+                "required": {"type": "boolean"},
+                "signed": {"type": "boolean"},
+                "keyid": _nullable({"type": "string", "pattern": "^[0-9a-f]{64}$"}),
+                "predicate_type": {"const": PREDICATE_TYPE},
+            },
+        },
+        "redaction": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["status", "rules", "masked_fields"],
+            "properties": {
+                "status": {"enum": ["passed", "masked"]},
+                "rules": _NAME,
+                "masked_fields": {"type": "array", "items": {"enum": ["failure.message"]}},
+            },
+        },
+        "details": {"type": "object"},
+    },
+    # CONDITIONS[i] explains allOf[i] in error messages.
+    "allOf": [
+        {   # A succeeded rollback was approved, knows both refs and has its evidence archive digest.
+            "if": {"required": ["outcome"], "properties": {"outcome": {"const": "succeeded"}}},
+            "then": {"properties": {
+                "approval": {"type": "object", "required": ["approved"], "properties": {"approved": {"const": True}}},
+                "current_ref": {"type": "string"},
+                "rollback_target_ref": {"type": "string"},
+                "evidence": {"type": "object", "required": ["archive_sha256"],
+                             "properties": {"archive_sha256": {"type": "string"}}},
+            }},
+        },
+        {   # A denied receipt carries the decision that denied it.
+            "if": {"required": ["outcome"], "properties": {"outcome": {"const": "denied"}}},
+            "then": {"properties": {
+                "approval": {"type": "object", "properties": {"approved": {"const": False}}},
+            }},
+        },
+        {   # An emergency override always carries its retroactive approval deadline and review.
+            "if": {"required": ["emergency"], "properties": {"emergency": {"const": True}}},
+            "then": {"properties": {
+                "retroactive_approval_due": {"type": "string"},
+                "post_incident_review": {"const": "required"},
+            }},
+        },
+        {   # Required signing means signed: an unsigned receipt only exists when signing was optional.
+            "if": {"required": ["signing"],
+                   "properties": {"signing": {"required": ["required"], "properties": {"required": {"const": True}}}}},
+            "then": {"properties": {"signing": {"properties": {"signed": {"const": True},
+                                                               "keyid": {"type": "string"}}}}},
+        },
+    ],
+}
+
+CONDITIONS = [
+    "when outcome is succeeded",
+    "when outcome is denied",
+    "when emergency is true",
+    "when signing is required",
+]

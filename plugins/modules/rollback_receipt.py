@@ -1,0 +1,556 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: governed.rollback contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: rollback_receipt
+short_description: Record a signed rollback receipt in a hash-chained ledger, or verify a ledger
+version_added: 0.1.0
+author: governed.rollback maintainers (@governed)
+description:
+  - With O(state=present), builds the rollback receipt (every field of the KFM runbook's minimum receipt and of the
+    AUREUS runbook's rollback manifests, plus the outcome, the approval decision, the emergency flag with its
+    retroactive due time and the evidence archive digest), refuses it if any value looks like a secret, validates it
+    against the collection's JSON Schema, signs it and appends it to the ledger.
+  - The ledger is an append-only JSONL file. Each entry holds C(seq), C(prev) (the previous entry's hash), the
+    sha256 of the RFC 8785 canonical receipt, the receipt, the DSSE signatures and its own C(entry_sha256).
+    Appends take an exclusive lock and fsync; an append to a ledger that does not verify is refused.
+  - After every append the file C(<ledger>.head) is rewritten with a signed checkpoint (entry count and last
+    hash), so cutting entries off the tail is detected.
+  - Each receipt is also written as an in-toto Statement v1 (predicate type
+    C(https://governed.rollback/rollback-receipt/v1)) in a DSSE envelope signed with ed25519, to
+    C(<ledger directory>/<rollback_id>.intoto.jsonl) unless O(envelope_path) says otherwise.
+  - Unsigned receipts are written only with O(signing=optional) and no key; the receipt then says C(signed=false).
+  - Idempotent per O(rollback_id), which is therefore worth passing explicitly. The same receipt again changes
+    nothing and returns the recorded entry, even when a rerun recomputed its times (O(started_at), O(completed_at),
+    the approval's evaluation and due times); a receipt that differs in anything else under a recorded
+    O(rollback_id) is refused, naming the fields that differ.
+  - With O(state=verify), checks the whole ledger (canonical form, each entry's own hash, the chain, the receipt
+    digests, the schema, every signature against the public key, and the signed head) and names the first bad
+    entry. An invalid ledger fails the task, still returning the verification fields.
+  - Modules cannot call C(ansible.builtin.set_stats); this module returns RV(ansible_stats), which Ansible applies
+    exactly like C(set_stats) does, so the summary becomes an AWX job artifact under C(governed_rollback_receipts).
+    Roles may also pass RV(stats) to C(ansible.builtin.set_stats) themselves.
+extends_documentation_fragment:
+  - governed.rollback.attributes
+  - governed.rollback.attributes.ACTIONGROUP_ROLLBACK
+attributes:
+  check_mode:
+    support: full
+    details: Validates and signs the receipt and returns the entry it would append; writes nothing.
+  diff_mode:
+    support: full
+    details: The diff shows the receipt being appended.
+  idempotent:
+    support: full
+    details: Per O(rollback_id); a generated O(rollback_id) is new on every run.
+options:
+  state:
+    description: V(present) records a receipt; V(verify) checks the ledger.
+    type: str
+    choices: [present, verify]
+    default: present
+  ledger:
+    description: Path of the ledger (JSONL). Created with its directory on the first append.
+    type: path
+    required: true
+  rollback_id:
+    description: Receipt identifier. Defaults to C(rollback-YYYYmmdd-HHMMSS) (UTC, now).
+    type: str
+  rollback_type:
+    description: Kind of rollback. Defaults to the approval decision's.
+    type: str
+    choices: [deployment, configuration, database, policy, state]
+  run_type:
+    description: Run type, for example C(ops.api.rollback). Defaults to C(ops.<rollback_type>.rollback).
+    type: str
+  outcome:
+    description: How the rollback ended. Required with O(state=present).
+    type: str
+    choices: [succeeded, failed, denied]
+  incident_id:
+    description: Incident or ticket reference.
+    type: str
+  requested_by:
+    description: Who asked for the rollback. Defaults to the approval decision's requester.
+    type: str
+  approved_by:
+    description:
+      - Approvers, as names or dicts with C(name) and C(roles). Defaults to the approval decision's approvers.
+    type: list
+    elements: raw
+  approver:
+    description: The AUREUS manifest's approver field. Defaults to the approvers' names joined by commas.
+    type: str
+  started_at:
+    description: When the rollback started (UTC, C(YYYY-MM-DDTHH:MM:SSZ)). Defaults to the approval's evaluation time.
+    type: str
+  completed_at:
+    description: When it ended (UTC). Defaults to now; also recorded as the manifest's C(timestamp).
+    type: str
+  environment:
+    description: Environment, for example C(prod) or C(sandbox). Required for a valid receipt.
+    type: str
+  reason:
+    description: Why the rollback was done (policy-safe text). Required for a valid receipt.
+    type: str
+  current_ref:
+    description:
+      - What was running before, as a digest (C(sha256:<hex>), C(image@sha256:<hex>)) or a git commit SHA.
+      - Required when O(outcome=succeeded).
+    type: str
+  rollback_target_ref:
+    description: What was rolled back to, in the same forms as O(current_ref). Required when O(outcome=succeeded).
+    type: str
+  changed_surfaces:
+    description: Surfaces touched, for example C(api), C(config), C(policy). Defaults from the rollback type.
+    type: list
+    elements: str
+  verification:
+    description:
+      - Verification results. Keys C(health), C(policy_invariants), C(contract_smoke) (KFM) and C(health_check),
+        C(smoke_tests), C(user_validation) (AUREUS) default to C(not_run); more keys may be added.
+      - Values are C(pass), C(fail), C(passed), C(failed), C(pending), C(inconclusive), C(skipped), C(not_run) or C(not_required);
+        booleans become C(pass)/C(fail).
+    type: dict
+  notes:
+    description: Policy-safe summary.
+    type: str
+  component:
+    description: Component rolled back, for example C(frontend), C(configuration), C(database), C(policy-engine).
+    type: str
+  from_version:
+    description: Version rolled back from.
+    type: str
+  to_version:
+    description: Version rolled back to.
+    type: str
+  config_type:
+    description: Configuration rollbacks, for example C(ConfigMap).
+    type: str
+  changed_keys:
+    description: Configuration rollbacks, the keys that changed (names only, never values).
+    type: list
+    elements: str
+  migration_reverted:
+    description: Database rollbacks, the migration that was reverted.
+    type: str
+  backup_location:
+    description: Database rollbacks, where the pre-rollback backup is.
+    type: str
+  data_loss:
+    description: Database rollbacks, data loss assessment, for example C(none).
+    type: str
+  downtime:
+    description: Database rollbacks, downtime, for example C(5 minutes).
+    type: str
+  dba_approval:
+    description: Database rollbacks, the DBA who approved. Defaults to the approval decision's C(dba).
+    type: str
+  policy_name:
+    description: Policy rollbacks, the policy rolled back.
+    type: str
+  security_review:
+    description: Policy rollbacks, the security review result. Defaults to C(approved) when the security role approved.
+    type: str
+  affected_users:
+    description: Policy rollbacks, number of affected users.
+    type: int
+  snapshot_id:
+    description: State rollbacks, the snapshot restored.
+    type: str
+  failure:
+    description:
+      - For O(outcome=failed), a dict with C(task) and C(message) (for example from C(ansible_failed_task.name) and
+        C(ansible_failed_result.msg)). Secret-looking parts of C(message) are masked, and the receipt's
+        C(redaction) says so.
+    type: dict
+  details:
+    description: Free-form extra facts (names, counts, digests; never values of secrets).
+    type: dict
+  approval:
+    description:
+      - The registered result of M(governed.rollback.rollback_approval), or its C(decision). A failed approval
+        without a decision is recorded as a denial that could not be evaluated.
+    type: dict
+  evidence:
+    description:
+      - The evidence pack, a dict with C(archive), C(archive_sha256), C(manifest) and C(manifest_sha256)
+        (C(archive_path), C(manifest_path), C(evidence_manifest) are accepted too).
+      - C(archive_sha256) is required when O(outcome=succeeded).
+    type: dict
+  signing:
+    description:
+      - V(required) refuses to write without a signing key. V(optional) writes an unsigned receipt when no key is
+        given, and the receipt records C(signing.signed=false).
+    type: str
+    choices: [required, optional]
+    default: required
+  signing_key:
+    description:
+      - The ed25519 private key, unencrypted PKCS#8 PEM content (C(openssl genpkey -algorithm ed25519)).
+      - Read from E(GOVERNED_ROLLBACK_SIGNING_KEY) when not given, which is how an AWX custom credential injects it.
+      - Takes precedence over O(signing_key_path).
+    type: str
+  signing_key_path:
+    description: Path of the ed25519 private key PEM file. Read from E(GOVERNED_ROLLBACK_SIGNING_KEY_FILE) when not given.
+    type: path
+  public_key:
+    description:
+      - An ed25519 public key (PEM, or a securesystemslib key dict as JSON) that signatures are checked against.
+      - With O(state=verify), required unless O(public_key_path) or a signing key is given, or O(allow_unsigned=true).
+      - With O(state=present), an extra trusted key for existing entries (for example after a key rotation).
+    type: str
+  public_key_path:
+    description: Path of a public key file, in the forms O(public_key) accepts.
+    type: path
+  envelope_path:
+    description: Where to write the receipt's DSSE envelope. Defaults to C(<ledger directory>/<rollback_id>.intoto.jsonl).
+    type: path
+  allow_unsigned:
+    description:
+      - With O(state=verify) and no key at all, check only canonical form, hashes, chain, schema and head size,
+        without signatures. The result then says RV(signatures_checked=false).
+    type: bool
+    default: false
+notes:
+  - Nothing secret may go into a receipt. Values that look like secrets (private keys, tokens, passwords in
+    assignments or URLs, high-entropy strings) make the module refuse the receipt; the error names the fields and
+    never the values, and the invocation echoed back has them masked.
+  - The ledger is the record; keep the C(.head) file with it, and ship both to WORM storage.
+seealso:
+  - module: governed.rollback.rollback_approval
+  - name: in-toto Statement v1
+    description: The statement layer the receipt envelope uses.
+    link: https://github.com/in-toto/attestation/blob/main/spec/v1/statement.md
+  - name: RFC 8785 JSON Canonicalization Scheme
+    description: The serialization hashed and signed.
+    link: https://www.rfc-editor.org/rfc/rfc8785
+"""
+
+EXAMPLES = r"""
+- name: Record the receipt of a deployment rollback (always, also on failure)
+  governed.rollback.rollback_receipt:
+    ledger: "{{ receipt_ledger }}"
+    rollback_id: "{{ rollback_id }}"
+    outcome: "{{ 'succeeded' if rollback_ok else 'failed' }}"
+    run_type: ops.deployment.rollback
+    incident_id: INC-12345
+    environment: sandbox
+    reason: Breaking UI changes affecting user workflows
+    component: frontend
+    from_version: v0.1.2
+    to_version: v0.1.1
+    current_ref: "sha256:{{ before_template_sha256 }}"
+    rollback_target_ref: "sha256:{{ after_template_sha256 }}"
+    started_at: "{{ started_at }}"
+    verification:
+      health_check: passed
+      smoke_tests: passed
+      user_validation: pending
+    approval: "{{ approval }}"
+    evidence: "{{ evidence_after }}"
+    signing_key_path: /run/secrets/receipt-signing.pem
+  register: receipt
+
+- name: Publish the receipt summary as an AWX artifact yourself (the module already returns ansible_stats)
+  ansible.builtin.set_stats:
+    data:
+      governed_rollback_receipts: "{{ receipt.stats }}"
+
+- name: Record an unsigned receipt in a drill without a key (the receipt says it is unsigned)
+  governed.rollback.rollback_receipt:
+    ledger: /tmp/drill/ledger.jsonl
+    rollback_id: drill-20240115-103045
+    outcome: denied
+    approval: "{{ approval }}"
+    environment: sandbox
+    component: configuration
+    reason: Drill of a denied configuration rollback
+    signing: optional
+
+- name: Verify the whole ledger
+  governed.rollback.rollback_receipt:
+    state: verify
+    ledger: "{{ receipt_ledger }}"
+    public_key_path: /etc/governed-rollback/receipt-signing.pub
+  register: ledger_check
+"""
+
+RETURN = r"""
+rollback_id:
+  description: The receipt's identifier.
+  returned: state=present
+  type: str
+  sample: rollback-20240115-103045
+receipt:
+  description: The receipt as written (or as it would be written in check mode).
+  returned: state=present
+  type: dict
+receipt_sha256:
+  description: sha256 of the RFC 8785 canonical receipt.
+  returned: state=present
+  type: str
+  sample: 3f5b0c1e9d4a7b2c6e8f1a0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b
+ledger_seq:
+  description: The ledger entry's sequence number (1-based, also its line number).
+  returned: state=present
+  type: int
+  sample: 4
+entry_sha256:
+  description: Hash of the ledger entry; the next entry's C(prev).
+  returned: state=present
+  type: str
+signed:
+  description: Whether the receipt carries a signature.
+  returned: state=present
+  type: bool
+  sample: true
+keyid:
+  description: securesystemslib key id of the signing key (null when unsigned).
+  returned: state=present
+  type: str
+envelope:
+  description: Path of the C(.intoto.jsonl) file holding the receipt's DSSE envelope (null when unsigned).
+  returned: state=present
+  type: str
+  sample: /var/lib/governed-rollback/rollback-20240115-103045.intoto.jsonl
+head:
+  description: Path of the signed head (checkpoint) file.
+  returned: always
+  type: str
+  sample: /var/lib/governed-rollback/ledger.jsonl.head
+stats:
+  description:
+    - The receipt summary keyed by rollback_id, ready for C(ansible.builtin.set_stats) under
+      C(governed_rollback_receipts) (rollback_id, outcome, rollback_type, incident_id, requested_by, approver,
+      emergency, retroactive_approval_due, evidence_archive_sha256, receipt_sha256, ledger_seq, signed).
+  returned: state=present
+  type: dict
+ansible_stats:
+  description:
+    - What C(set_stats) would return; Ansible records it as custom stats (AWX job artifacts), aggregated under
+      C(governed_rollback_receipts) keyed by rollback_id.
+  returned: state=present and not check mode
+  type: dict
+valid:
+  description: Whether the whole ledger verifies.
+  returned: state=verify
+  type: bool
+entries:
+  description: Number of entries that verified (all of them when RV(valid)).
+  returned: state=verify
+  type: int
+first_bad_entry:
+  description: Sequence number (line) of the first entry that does not verify, or that is missing after truncation.
+  returned: state=verify
+  type: int
+bad_rollback_id:
+  description: rollback_id of the first bad entry, when it can still be read.
+  returned: state=verify
+  type: str
+message:
+  description: What was found, naming the entry and the problem.
+  returned: state=verify
+  type: str
+  sample: "entry 3 (rollback-20240115-103045) does not match its own entry_sha256: it was altered"
+unsigned_entries:
+  description: Sequence numbers of entries recorded without a signature (signing was optional).
+  returned: state=verify
+  type: list
+  elements: int
+signatures_checked:
+  description: Whether signatures were checked against a key.
+  returned: state=verify
+  type: bool
+checkpoint:
+  description: The signed head's content (size, head, updated_at, signed, keyids).
+  returned: state=verify
+  type: dict
+"""
+
+import copy
+import json
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+
+from ansible_collections.governed.rollback.plugins.module_utils._receipt import (
+    IMPORT_ERRORS,
+    LedgerError,
+    ReceiptError,
+    append_receipt,
+    build_receipt,
+    head_path,
+    load_public_key,
+    load_signer,
+    mask_paths,
+    mask_secret_text,
+    receipt_summary,
+    verify_ledger,
+)
+from ansible_collections.governed.rollback.plugins.module_utils._receipt_schema import OUTCOMES, ROLLBACK_TYPES
+
+RECEIPT_FIELDS = (
+    "rollback_id", "rollback_type", "run_type", "outcome", "incident_id", "requested_by", "approved_by", "approver",
+    "started_at", "completed_at", "environment", "reason", "current_ref", "rollback_target_ref", "changed_surfaces",
+    "verification", "notes", "component", "from_version", "to_version", "config_type", "changed_keys",
+    "migration_reverted", "backup_location", "data_loss", "downtime", "dba_approval", "policy_name",
+    "security_review", "affected_users", "snapshot_id", "failure", "details",
+)
+STATS_KEY = "governed_rollback_receipts"
+VERIFY_RETURN = ("valid", "entries", "first_bad_entry", "bad_rollback_id", "message", "unsigned_entries",
+                 "signatures_checked", "checkpoint")
+
+
+def argument_spec():
+    spec = dict(
+        state=dict(type="str", choices=["present", "verify"], default="present"),
+        ledger=dict(type="path", required=True),
+        rollback_type=dict(type="str", choices=list(ROLLBACK_TYPES)),
+        outcome=dict(type="str", choices=list(OUTCOMES)),
+        approved_by=dict(type="list", elements="raw"),
+        changed_surfaces=dict(type="list", elements="str"),
+        changed_keys=dict(type="list", elements="str", no_log=False),
+        verification=dict(type="dict"),
+        affected_users=dict(type="int"),
+        failure=dict(type="dict"),
+        details=dict(type="dict"),
+        approval=dict(type="dict"),
+        evidence=dict(type="dict"),
+        signing=dict(type="str", choices=["required", "optional"], default="required"),
+        signing_key=dict(type="str", no_log=True, fallback=(env_fallback, ["GOVERNED_ROLLBACK_SIGNING_KEY"])),
+        signing_key_path=dict(type="path", no_log=False,
+                              fallback=(env_fallback, ["GOVERNED_ROLLBACK_SIGNING_KEY_FILE"])),
+        public_key=dict(type="str", no_log=False),
+        public_key_path=dict(type="path", no_log=False),
+        envelope_path=dict(type="path"),
+        allow_unsigned=dict(type="bool", default=False),
+    )
+    for name in RECEIPT_FIELDS:
+        spec.setdefault(name, dict(type="str"))
+    return spec
+
+
+def _read(module, path, what):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except (IOError, OSError) as exc:
+        module.fail_json(msg="cannot read %s %s: %s" % (what, path, exc.strerror or exc))
+
+
+def load_keys(module):
+    """(signer or None, [trusted public keys]) from the module options."""
+    params = module.params
+    signer = None
+    try:
+        if params["signing_key"]:
+            signer = load_signer(params["signing_key"])
+        elif params["signing_key_path"]:
+            signer = load_signer(_read(module, params["signing_key_path"], "signing key"))
+        keys = []
+        if params["public_key"]:
+            keys.append(load_public_key(params["public_key"]))
+        if params["public_key_path"]:
+            keys.append(load_public_key(_read(module, params["public_key_path"], "public key")))
+    except ReceiptError as exc:
+        module.fail_json(msg=exc.msg)
+    return signer, keys
+
+
+def safe_invocation(module, fields):
+    """The module args echoed back with the refused fields masked, so a refused secret is not printed either."""
+    args = dict((k, v) for k, v in module.params.items() if k not in ("signing_key",))
+    return {"module_args": mask_paths(args, fields)}
+
+
+def run_verify(module, signer, keys):
+    if signer is not None and all(k.keyid != signer.public_key.keyid for k in keys):
+        keys.append(signer.public_key)
+    if not keys and not module.params["allow_unsigned"]:
+        module.fail_json(msg="verifying %s needs the public key: pass public_key or public_key_path (or the signing "
+                             "key), or set allow_unsigned=true to check only the chain and digests"
+                         % module.params["ledger"])
+    try:
+        state = verify_ledger(module.params["ledger"], keys or None)
+    except (IOError, OSError) as exc:
+        module.fail_json(msg="cannot read ledger %s: %s" % (module.params["ledger"], exc), exception=traceback.format_exc())
+    result = dict((key, state[key]) for key in VERIFY_RETURN)
+    result.update(changed=False, head=head_path(module.params["ledger"]))
+    if not state["valid"]:
+        module.fail_json(msg=state["message"], **result)
+    module.exit_json(**result)
+
+
+def mask_failure_message(fields):
+    """Mask secret-looking spans of a captured failure message (the one field that is masked, not refused)."""
+    failure = fields.get("failure")
+    if not isinstance(failure, dict):
+        return []
+    failure = dict((k, failure.get(k)) for k in ("task", "message"))
+    masked = []
+    if isinstance(failure.get("message"), str):
+        failure["message"], rules = mask_secret_text(failure["message"])
+        if rules:
+            masked.append("failure.message")
+    fields["failure"] = failure
+    return masked
+
+
+def run_present(module, signer, keys):
+    params = module.params
+    if signer is None and params["signing"] == "required":
+        module.fail_json(msg="signing is required but no key was given: set signing_key (or GOVERNED_ROLLBACK_SIGNING_KEY)"
+                             " or signing_key_path (or GOVERNED_ROLLBACK_SIGNING_KEY_FILE), or set signing=optional "
+                             "to record an unsigned receipt that says so; nothing was written")
+    if not params["outcome"]:
+        module.fail_json(msg="outcome is required with state=present (succeeded, failed or denied); nothing was written")
+    fields = dict((name, copy.deepcopy(params[name])) for name in RECEIPT_FIELDS)
+    masked = mask_failure_message(fields)
+    try:
+        receipt = build_receipt(fields, approval=params["approval"], evidence=params["evidence"],
+                                signing_required=params["signing"] == "required",
+                                keyid=signer.public_key.keyid if signer is not None else None,
+                                masked_fields=masked)
+        outcome = append_receipt(params["ledger"], receipt, signer=signer, trusted_keys=keys,
+                                 check_mode=module.check_mode, envelope_path=params["envelope_path"])
+    except ReceiptError as exc:
+        module.fail_json(msg=exc.msg, fields=exc.fields, invocation=safe_invocation(module, exc.fields))
+    except LedgerError as exc:
+        module.fail_json(msg=exc.msg, first_bad_entry=exc.result.get("first_bad_entry"),
+                         bad_rollback_id=exc.result.get("bad_rollback_id"))
+    except (IOError, OSError) as exc:
+        module.fail_json(msg="cannot write ledger %s: %s" % (params["ledger"], exc), exception=traceback.format_exc())
+
+    receipt = outcome["receipt"]
+    summary = receipt_summary(receipt, outcome["receipt_sha256"], outcome["ledger_seq"])
+    result = dict(outcome, stats={receipt["rollback_id"]: summary})
+    if not module.check_mode:
+        # Returned like set_stats' own result, so Ansible records it as custom stats (AWX artifacts).
+        result["ansible_stats"] = {"data": {STATS_KEY: {receipt["rollback_id"]: summary}}, "per_host": False,
+                                   "aggregate": True}
+    if module._diff and outcome["changed"]:
+        result["diff"] = {"before": "", "after": json.dumps(receipt, indent=2, sort_keys=True) + "\n",
+                          "before_header": "%s (before)" % params["ledger"],
+                          "after_header": "%s entry %d" % (params["ledger"], outcome["ledger_seq"])}
+    module.exit_json(**result)
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    for name in sorted(IMPORT_ERRORS):
+        module.fail_json(msg=missing_required_lib(name), exception=IMPORT_ERRORS[name])
+    signer, keys = load_keys(module)
+    if module.params["state"] == "verify":
+        run_verify(module, signer, keys)
+    run_present(module, signer, keys)
+
+
+if __name__ == "__main__":
+    main()
