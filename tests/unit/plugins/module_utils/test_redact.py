@@ -1,0 +1,322 @@
+"""Structural redaction and the secret pattern scan, on plain dicts and strings shaped like evidence."""
+
+import base64
+import copy
+import json
+
+import pytest
+import yaml
+
+from ansible_collections.governed.rollback.plugins.module_utils import _redact as r
+
+CANARY = "canary-s3cr3t-7f1c9a2b4d"
+CANARY_B64 = base64.b64encode(CANARY.encode()).decode()
+# Realistic-looking fakes, assembled so this file itself holds no literal token.
+AWS_KEY = "AKIA" + "IOSFODNN7EXAMPLE"
+GITHUB_TOKEN = "ghp_" + "abcdefghijklmnopqrstuvwxyz0123456789"
+JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2"
+       "MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
+PEM = "-----BEGIN RSA " + "PRIVATE KEY-----\nMIIEowIBAAKCAQEA7x\nq9Zx\n-----END RSA " + "PRIVATE KEY-----\n"
+
+
+def secret_object():
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "aureus-secrets",
+            "namespace": "aureus",
+            "annotations": {r.LAST_APPLIED: '{"stringData":{"db-password":"%s"}}' % CANARY, "team": "aureus"},
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:data": {"f:db-password": {}}}}],
+        },
+        "data": {"db-password": CANARY_B64, "username": base64.b64encode(b"aureus").decode()},
+        "stringData": {"api-token": CANARY},
+        "type": "Opaque",
+    }
+
+
+def deployment_object():
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "aureus-frontend", "namespace": "aureus",
+                     "annotations": {r.LAST_APPLIED: "{...}", "deployment.kubernetes.io/revision": "3"},
+                     "managedFields": [{"manager": "kube-controller-manager"}]},
+        "spec": {"template": {"spec": {"containers": [{
+            "name": "frontend",
+            "image": "aureus/frontend:v0.1.2",
+            "args": ["--db-password=hunter2hunter2", "--port=8080"],
+            "env": [
+                {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "aureus-secrets", "key": "db-password"}}},
+                {"name": "API_TOKEN", "value": "tok-123456789"},
+                {"name": "DATABASE_URL", "value": "postgres://aureus:pgpass99@db:5432/aureus_metadata"},
+                {"name": "LOG_LEVEL", "value": "info"},
+            ],
+        }]}}},
+    }
+
+
+# --- structural redaction ----------------------------------------------------------------------------------------
+
+
+def test_secret_values_become_byte_counts_and_the_input_is_not_modified():
+    original = secret_object()
+    pristine = copy.deepcopy(original)
+    out = r.redact_k8s_object(original)
+    assert out["data"] == {"db-password": {"redacted": True, "bytes": len(CANARY)},
+                           "username": {"redacted": True, "bytes": 6}}
+    assert out["stringData"] == {"api-token": {"redacted": True, "bytes": len(CANARY)}}
+    assert original == pristine
+    assert CANARY not in repr(out) and CANARY_B64 not in repr(out)
+
+
+def test_last_applied_configuration_and_managed_fields_are_dropped_from_every_object():
+    stats = r.RedactionStats()
+    out = r.redact_k8s_object(secret_object(), stats=stats)
+    assert r.LAST_APPLIED not in out["metadata"]["annotations"]
+    assert out["metadata"]["annotations"] == {"team": "aureus"}
+    assert "managedFields" not in out["metadata"]
+    dep = r.redact_k8s_object(deployment_object(), stats=stats)
+    assert "managedFields" not in dep["metadata"]
+    assert dep["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "3"}
+    assert stats.as_dict()["last_applied"] == 2 and stats.as_dict()["managed_fields"] == 2
+
+
+def test_secret_list_items_without_kind_are_redacted_as_secrets():
+    item = secret_object()
+    del item["kind"], item["apiVersion"]
+    out = r.redact_k8s_object({"kind": "SecretList", "items": [item]})
+    assert out["items"][0]["data"]["db-password"] == {"redacted": True, "bytes": len(CANARY)}
+    out = r.redact_k8s_object({"items": [item]}, kind="SecretList")
+    assert CANARY_B64 not in repr(out)
+
+
+def test_env_values_with_secret_looking_names_are_masked_and_references_kept():
+    out = r.redact_k8s_object(deployment_object())
+    container = out["spec"]["template"]["spec"]["containers"][0]
+    env = dict((e["name"], e) for e in container["env"])
+    assert env["DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "aureus-secrets", "key": "db-password"}
+    assert env["API_TOKEN"]["value"] == {"redacted": True, "bytes": len("tok-123456789")}
+    assert env["DATABASE_URL"]["value"] == "postgres://aureus:%s@db:5432/aureus_metadata" % r.REDACTED
+    assert env["LOG_LEVEL"]["value"] == "info"
+    assert container["args"] == ["--db-password=%s" % r.REDACTED, "--port=8080"]
+
+
+def test_mapping_values_under_secret_keys_are_masked_anywhere_but_names_of_secrets_are_kept():
+    obj = {"kind": "Widget", "spec": {"auth": {"clientSecret": "s3cr3t-value", "secretName": "tls-cert",
+                                               "token": "${TOKEN}"}}}
+    out = r.redact_k8s_object(obj)
+    assert out["spec"]["auth"]["clientSecret"] == {"redacted": True, "bytes": 12}
+    assert out["spec"]["auth"]["secretName"] == "tls-cert"
+    assert out["spec"]["auth"]["token"] == "${TOKEN}"
+
+
+def test_configmap_keeps_config_but_masks_secret_looking_keys_and_binary_data():
+    cm = {"kind": "ConfigMap", "metadata": {"name": "aureus-config"},
+          "data": {"evidence.retention.days": "2555", "DB_PASSWORD": "plain-in-a-configmap",
+                   "app.properties": "url=https://u:pw123456@h/x\nlimit=100\n"},
+          "binaryData": {"blob": base64.b64encode(b"\x00\x01\x02").decode()}}
+    out = r.redact_k8s_object(cm)
+    assert out["data"]["evidence.retention.days"] == "2555"
+    assert out["data"]["DB_PASSWORD"] == {"redacted": True, "bytes": len("plain-in-a-configmap")}
+    assert out["data"]["app.properties"] == "url=https://u:%s@h/x\nlimit=100\n" % r.REDACTED
+    assert out["binaryData"] == {"blob": {"redacted": True, "bytes": 3}}
+
+
+def test_known_secret_values_are_masked_wherever_they_appear():
+    pod = {"kind": "Pod", "metadata": {"annotations": {"debug": "started with %s" % CANARY}}}
+    out = r.redact_k8s_object(pod, known_values=(CANARY,))
+    assert out["metadata"]["annotations"]["debug"] == "started with %s" % r.REDACTED
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Authorization: Bearer abcdef0123456789abcdef", "Authorization: Bearer %s" % r.REDACTED),
+    ('{"authorization": "Basic dXNlcjpwYXNz"}', '{"authorization": "Basic %s"}' % r.REDACTED),
+    ("curl -H 'Cookie: session=abc; x=y' http://h", "curl -H 'Cookie: %s' http://h" % r.REDACTED),
+    ("GET /x token bearer abcdefghijklmnop1234", "GET /x token bearer %s" % r.REDACTED),
+    ("postgres://user:s3cr3tpw@host/db", "postgres://user:%s@host/db" % r.REDACTED),
+    ("DB_PASSWORD=hunter2hunter2 other=1", "DB_PASSWORD=%s other=1" % r.REDACTED),
+    ('{"password": "x1y2z3w4", "user": "bob"}', '{"password": "%s", "user": "bob"}' % r.REDACTED),
+    ("client_secret: abcdef", "client_secret: %s" % r.REDACTED),
+    ("CREATE ROLE app LOGIN PASSWORD 'abc123';", "CREATE ROLE app LOGIN PASSWORD '%s';" % r.REDACTED),
+    ("-----BEGIN EC " + "PRIVATE KEY-----\nabc\n-----END EC " + "PRIVATE KEY-----\nafter",
+     r.REDACTED_PRIVATE_KEY + "\nafter"),
+])
+def test_redact_text_masks_credentials(text, expected):
+    assert r.redact_text(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "secretName: aureus-secrets",
+    "password: ${DB_PASSWORD}",
+    "password_file=/run/secrets/db",
+    "token: true",
+    "replicas: 3",
+    "image: aureus/frontend@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "apiVersion: authorization.k8s.io/v1",
+    "-----BEGIN CERTIFICATE-----",
+])
+def test_redact_text_leaves_references_templates_and_ordinary_config_alone(text):
+    assert r.redact_text(text) == text
+
+
+def test_line_redactor_drops_a_private_key_block_spread_over_lines():
+    redactor = r.LineRedactor()
+    lines = ["before\n"] + PEM.splitlines(True) + ["after password=abcdefgh\n"]
+    out = [line for line in (redactor.redact_line(line) for line in lines) if line is not None]
+    assert out == ["before\n", r.REDACTED_PRIVATE_KEY + "\n", "after password=%s\n" % r.REDACTED]
+    assert redactor.masked_lines == 2
+
+
+def test_mask_headers_masks_credentials_in_dicts_and_pairs():
+    headers = {"Authorization": "Bearer x", "X-Vault-Token": "s.abc", "Content-Type": "text/plain",
+               "Set-Cookie": "sid=1", "Connection": "keep-alive"}
+    out = r.mask_headers(headers)
+    assert out == {"Authorization": r.REDACTED, "X-Vault-Token": r.REDACTED, "Content-Type": "text/plain",
+                   "Set-Cookie": r.REDACTED, "Connection": "keep-alive"}
+    assert r.mask_headers([("authorization", "Basic abc")]) == [("authorization", r.REDACTED)]
+
+
+def test_mask_env_keeps_empty_values_and_references():
+    env = [{"name": "SECRET_KEY", "value": ""}, {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s"}}}]
+    assert r.mask_env(env) == env
+
+
+def test_url_passwords_lists_only_real_passwords():
+    assert r.url_passwords("https://u:pw123@h/x and ftp://a:%s@b" % r.REDACTED) == ["pw123"]
+    assert r.url_passwords(None) == []
+
+
+def test_secret_values_of_keeps_secret_looking_and_long_values_only():
+    secret = {"data": {"username": base64.b64encode(b"postgres").decode(),
+                       "db-password": base64.b64encode(b"hunter22").decode(),
+                       "cert": base64.b64encode(b"x" * 40).decode(),
+                       "pin": base64.b64encode(b"1234").decode()},
+              "stringData": {"api-token": CANARY}}
+    assert sorted(r.secret_values_of(secret)) == sorted(["hunter22", "x" * 40, CANARY])
+
+
+# --- the scan ------------------------------------------------------------------------------------------------------
+
+
+def rules_of(findings):
+    return sorted(set(f.rule for f in findings))
+
+
+@pytest.mark.parametrize("line,rule", [
+    (AWS_KEY, "aws-access-key-id"),
+    ("token " + GITHUB_TOKEN, "github-token"),
+    ("jwt " + JWT, "jwt"),
+    (PEM.splitlines()[0], "private-key"),
+    ("see postgres://user:s3cr3tpw@host/db", "url-credentials"),
+    ("Authorization: Bearer abcdef0123456789abcdef", "authorization-header"),
+    ("DB_PASSWORD=hunter2hunter2", "secret-assignment"),
+])
+def test_scanner_flags_each_secret_shape(line, rule):
+    findings = r.scan_text("line one\n%s\nline three\n" % line, path="pods.yaml")
+    assert rule in rules_of(findings)
+    assert all(f.path == "pods.yaml" and f.line == 2 for f in findings)
+
+
+def test_detect_secrets_plugins_run_alongside_the_builtin_rules():
+    if not r.HAS_DETECT_SECRETS:
+        pytest.skip("detect-secrets is not installed")
+    findings = r.SecretScanner().scan_text(AWS_KEY + "\n")
+    assert set(f.engine for f in findings) == {"builtin", "detect-secrets"}
+    assert any("detect-secrets 1.5" in e for e in r.SecretScanner().engines)
+
+
+def test_findings_name_file_line_and_rule_but_never_the_value():
+    findings = r.scan_text("a\nDB_PASSWORD=hunter2hunter2\n" + AWS_KEY + "\n", path="logs/x.log")
+    assert findings
+    for finding in findings:
+        assert "hunter2" not in repr(finding) and AWS_KEY not in repr(finding)
+    described = r.describe_findings(findings)
+    assert described[0].startswith("logs/x.log:2 ")
+    assert not any("hunter2" in line or AWS_KEY in line for line in described)
+
+
+def test_redacted_output_passes_the_scan():
+    text = "\n".join([
+        "Authorization: Bearer abcdef0123456789abcdef",
+        "postgres://user:s3cr3tpw@host/db",
+        "DB_PASSWORD=hunter2hunter2",
+        '{"password": "x1y2z3w4"}',
+    ]) + "\n" + PEM
+    assert r.scan_text(text)
+    assert r.scan_text(r.redact_text(text)) == []
+
+
+def test_kubernetes_yaml_with_digests_uids_and_secret_references_is_not_flagged():
+    text = "\n".join([
+        "metadata:",
+        "  uid: 3f2a8c5e-1b7d-4e9a-9c1f-0a2b3c4d5e6f",
+        "  annotations:",
+        "    checksum/config: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "spec:",
+        "  containers:",
+        "  - image: aureus/frontend@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "    env:",
+        "    - name: DB_PASSWORD",
+        "      valueFrom:",
+        "        secretKeyRef: {key: password, name: aureus-secrets}",
+        "  volumes:",
+        "  - secret: {secretName: aureus-secrets}",
+        "data:",
+        "  db-password:",
+        "    bytes: 9",
+        "    redacted: true",
+        '{"sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "secret_ref": "x"}',
+        "  ca.crt: |",
+        "    -----BEGIN CERTIFICATE-----",
+        "    MIIBdzCCAR2gAwIBAgIBADAKBggqhkjOPQQDAjAjMSEwHwYDVQQDDBhrM3Mtc2Vy",
+    ]) + "\n"
+    assert r.scan_text(text) == []
+
+
+def test_redacted_objects_dumped_as_yaml_or_json_pass_the_scan():
+    for obj in (deployment_object(), secret_object()):
+        assert r.scan_text(yaml.safe_dump(obj)), "the raw object should be flagged"
+        redacted = r.redact_k8s_object(obj)
+        assert r.scan_text(yaml.safe_dump(redacted)) == []
+        assert r.scan_text(json.dumps(redacted, indent=2)) == []
+
+
+def test_known_values_are_found_verbatim_and_base64_encoded():
+    scanner = r.SecretScanner(known_values=[CANARY])
+    findings = scanner.scan_text("x\nvalue: %s\nencoded: %s\n" % (CANARY, CANARY_B64))
+    assert [(f.line, f.rule) for f in findings] == [(2, "known-secret-value"), (3, "known-secret-value")]
+    assert scanner.known_value_count == len(r.known_value_forms(CANARY))
+    assert scanner.engines[-1] == "known-values", "the engine list must not depend on what a run read"
+
+
+def test_allowlisted_lines_are_dropped_and_counted():
+    scanner = r.SecretScanner(allowlist=[r"EXAMPLE"])
+    assert scanner.scan_text(AWS_KEY + "\n") == []
+    assert scanner.allowlisted >= 1
+
+
+def test_builtin_rules_still_run_without_detect_secrets():
+    findings = r.SecretScanner(use_detect_secrets=False).scan_text(AWS_KEY + "\n")
+    assert rules_of(findings) == ["aws-access-key-id"]
+
+
+def test_scan_file_reports_the_right_line_across_chunk_boundaries(tmp_path):
+    path = tmp_path / "big.log"
+    filler = "ordinary log line with nothing to see %06d\n"
+    with open(path, "w") as handle:
+        for number in range(1, 40001):
+            handle.write(filler % number if number != 31234 else "leak " + AWS_KEY + "\n")
+    assert path.stat().st_size > 1 << 20
+    findings = r.scan_file(str(path), relpath="big.log")
+    assert set((f.line, f.rule) for f in findings if f.engine == "builtin") == {(31234, "aws-access-key-id")}
+
+
+def test_scan_chunks_counts_lines_over_chunks():
+    scanner = r.SecretScanner()
+    findings = scanner.scan_chunks(["a\nb\n", "c\n" + AWS_KEY + "\n", "d\n"], "f")
+    assert set(f.line for f in findings) == {4}
+
+
+def test_rules_version_is_recorded_by_the_scanner():
+    assert r.RULES_VERSION in r.SecretScanner().engines[0]
