@@ -377,7 +377,9 @@ from ansible_collections.governed.rollback.plugins.module_utils._revisions impor
     RollbackRefused, check_kind, describe, fled_marks, mask_patch, mask_template, normalize_template,
     plan_rollback, pod_summaries, renumber_marks, selector_to_string, build_history, CHANGE_CAUSE_ANNOTATION,
 )
-from ansible_collections.governed.rollback.plugins.module_utils._rollout import patch_time, wait_for_rollout
+from ansible_collections.governed.rollback.plugins.module_utils._rollout import (
+    FAILED, WaitResult, patch_time, wait_for_rollout,
+)
 
 try:
     from kubernetes.client import AppsV1Api, CoreV1Api
@@ -559,8 +561,13 @@ class Outcome(object):
 
 
 def _wait(apps, plan, params, outcome, patched_at=None, uid=None):
-    waited = wait_for_rollout(fetcher(apps, plan.kind, plan.namespace, plan.name), plan.kind,
-                              params["wait_timeout"], patched_at=patched_at, uid=uid)
+    started = time.monotonic()
+    try:
+        waited = wait_for_rollout(fetcher(apps, plan.kind, plan.namespace, plan.name), plan.kind,
+                                  params["wait_timeout"], patched_at=patched_at, uid=uid)
+    except (RollbackRefused, K8sError) as error:
+        waited = WaitResult(FAILED, "could not read %s while waiting: %s" % (plan.what, getattr(error, "msg", error)),
+                            time.monotonic() - started)
     outcome.timings["wait"] = waited.elapsed_seconds
     outcome.result["wait"] = waited.as_dict()
     return waited

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -485,3 +486,26 @@ def test_stale_progress_deadline_from_the_bad_release_does_not_fail_the_rollback
     assert not failed, result.get("msg")
     assert result["wait"]["done"] is True
     assert (result["from_images"], result["to_images"]) == (["app:v2"], ["app:v1"])
+
+
+def test_deleting_the_workload_during_the_wait_fails_the_wait(kubectl, run_module, namespace):
+    workload_with_history(kubectl, namespace, ["app:v1", "app:v2", "app:v3"], broken=(2,), deadline=600)
+
+    def delete_once_rolled_back():
+        # Delete only after the rollback patch landed, so the module is in its wait.
+        wait_until(lambda: container_image(get(kubectl, "deployment", namespace, "web")) == "app:v2", timeout=60,
+                   what="the rollback patch")
+        time.sleep(1)
+        kubectl("delete", "deployment", "web", "-n", namespace, "--wait=false")
+
+    deleter = threading.Thread(target=delete_once_rolled_back)
+    deleter.start()
+    try:
+        failed, result = run_module(namespace=namespace, name="web", to_revision=2, wait_timeout=60)
+    finally:
+        deleter.join()
+
+    assert failed and result["changed"] is True
+    assert result["wait"]["state"] == "deleted" and result["wait"]["elapsed_seconds"] < 30
+    assert "was deleted while waiting" in result["msg"]
+    assert (result["from_revision"], result["to_revision"]) == (3, 2)
