@@ -18,8 +18,9 @@ __metaclass__ = type
 import copy
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
+
+from ansible_collections.governed.rollback.plugins.module_utils._redact import mask_env, redacted_marker
 
 SUPPORTED_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 
@@ -50,9 +51,6 @@ KUBECTL_ANNOTATIONS_TO_SKIP = frozenset([
 ])
 
 MAX_CHANGE_CAUSE_REASON = 200
-
-_SECRET_ENV_NAME = re.compile(r"(PASS(WORD|WD)?|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH)", re.IGNORECASE)
-MASKED = "<masked>"
 
 
 class RollbackRefused(Exception):
@@ -168,8 +166,8 @@ def canonical_json(value):
 
 
 def template_sha256(template):
-    """Digest of the normalized template: the same template always gives the same digest."""
-    return hashlib.sha256(canonical_json(normalize_template(template)).encode("utf-8")).hexdigest()
+    """Digest of the normalized template, with secret-looking env literals masked first (never hash a secret)."""
+    return hashlib.sha256(canonical_json(mask_template(normalize_template(template))).encode("utf-8")).hexdigest()
 
 
 def images_of(template):
@@ -184,14 +182,13 @@ def all_images_of(template):
 
 
 def mask_template(template):
-    """Copy of a template with literal values of secret-looking env vars masked, for output and evidence."""
+    """Copy of a template with literal values of secret-looking env vars masked (by _redact), for output."""
     result = copy.deepcopy(template)
     spec = (result or {}).get("spec") or {}
     for group in ("initContainers", "containers", "ephemeralContainers"):
         for container in spec.get(group) or []:
-            for env in container.get("env") or []:
-                if "value" in env and _SECRET_ENV_NAME.search(env.get("name") or ""):
-                    env["value"] = MASKED
+            if "env" in container:
+                container["env"] = mask_env(container["env"])
     return result
 
 
@@ -666,10 +663,8 @@ def mask_patch(kind, patch):
             if op.get("path") == "/spec/template":
                 op["value"] = mask_template(op["value"])
             elif op.get("path") == "/metadata/annotations" and LAST_APPLIED_ANNOTATION in op["value"]:
-                # A whole manifest, literal env values included; the patch keeps it unchanged, so show only a digest.
-                kept = op["value"][LAST_APPLIED_ANNOTATION]
-                op["value"][LAST_APPLIED_ANNOTATION] = "<unchanged, %d characters, sha256:%s>" % (
-                    len(kept), hashlib.sha256(kept.encode("utf-8")).hexdigest())
+                # A whole manifest, literal env values included; the patch keeps it unchanged, so show its size only.
+                op["value"][LAST_APPLIED_ANNOTATION] = redacted_marker(op["value"][LAST_APPLIED_ANNOTATION])
     else:
         template = (masked.get("spec") or {}).get("template")
         if template is not None:

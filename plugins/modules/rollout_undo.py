@@ -204,11 +204,13 @@ to_images:
   elements: str
   sample: [aureus/frontend:v0.1.1]
 from_template_sha256:
-  description: SHA-256 of the normalized current pod template (canonical JSON, without C(pod-template-hash)).
+  description:
+    - SHA-256 of the normalized current pod template (canonical JSON, without C(pod-template-hash)), computed after
+      masking secret-looking literal environment values, so no secret is ever hashed.
   returned: when a target was selected
   type: str
 to_template_sha256:
-  description: SHA-256 of the normalized target pod template.
+  description: SHA-256 of the normalized target pod template, computed like RV(from_template_sha256).
   returned: when a target was selected
   type: str
 from_replicaset:
