@@ -425,6 +425,7 @@ _DETECT_SECRETS_EXCLUDED = frozenset(("Base64HighEntropyString", "HexHighEntropy
                                       "KeywordDetector"))
 
 _CHUNK_CHARS = 1 << 20
+_CLEAN_CACHE_LINES = 200000
 
 
 def _detect_secrets_plugins():
@@ -460,6 +461,7 @@ class SecretScanner(object):
         for plugin in self._plugins:
             self._prefilters.extend(_multiline(rx) for rx in plugin.denylist)
         self._known = set()
+        self._clean = set()
         self._allowlist = [re.compile(pattern) for pattern in allowlist or ()]
         self.allowlisted = 0
         for value in known_values:
@@ -486,6 +488,7 @@ class SecretScanner(object):
 
     def add_known_value(self, value):
         if value:
+            self._clean.clear()
             self._known.update(form for form in known_value_forms(value) if len(form) >= 8)
 
     def _line_findings(self, line, path, number):
@@ -508,26 +511,47 @@ class SecretScanner(object):
             return []
         return found
 
-    def _scan_chunk(self, chunk, path, first_line):
+    def _candidate_lines(self, text):
+        """Indexes of the lines of ``text`` that a prefilter or a known value touches."""
         starts = set()
         for regex in self._prefilters:
-            for match in regex.finditer(chunk):
+            for match in regex.finditer(text):
                 starts.add(match.start())
                 starts.add(max(match.start(), match.end() - 1))
         for value in self._known:
-            pos = chunk.find(value)
+            pos = text.find(value)
             while pos != -1:
                 starts.add(pos)
-                pos = chunk.find(value, pos + 1)
+                pos = text.find(value, pos + 1)
         if not starts:
             return []
-        newlines = [m.start() for m in re.finditer("\n", chunk)]
-        line_idx = sorted(set(bisect.bisect_left(newlines, pos) for pos in starts))
+        newlines = [m.start() for m in re.finditer("\n", text)]
+        return sorted(set(bisect.bisect_left(newlines, pos) for pos in starts))
+
+    def _scan_chunk(self, chunk, path, first_line):
+        # Evidence repeats itself (a thousand pods of one template): each distinct line is
+        # scanned once, and lines already found clean in this scanner's life are skipped.
+        occurrences = {}
+        for number, line in enumerate(chunk.split("\n")):
+            if line in self._clean:
+                continue
+            if line in occurrences:
+                occurrences[line].append(number)
+            else:
+                occurrences[line] = [number]
+        unique = list(occurrences)
         findings = []
-        for idx in line_idx:
-            begin = newlines[idx - 1] + 1 if idx > 0 else 0
-            end = newlines[idx] if idx < len(newlines) else len(chunk)
-            findings.extend(self._line_findings(chunk[begin:end], path, first_line + idx))
+        flagged = set()
+        for idx in self._candidate_lines("\n".join(unique)):
+            line = unique[idx]
+            found = self._line_findings(line, path, 0)
+            if found:
+                flagged.add(line)
+                for number in occurrences[line]:
+                    findings.extend(f._replace(line=first_line + number) for f in found)
+        if len(self._clean) > _CLEAN_CACHE_LINES:
+            self._clean.clear()
+        self._clean.update(line for line in unique if line not in flagged)
         return findings
 
     def scan_chunks(self, chunks, path):

@@ -252,11 +252,11 @@ def test_before_and_after_around_a_configmap_change_show_exactly_the_changed_key
         diff = handle.read()
     edits = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
     assert sorted(edits) == sorted([
-        "-  evidence.retention.days: '2555'", "+  evidence.retention.days: '365'",
-        "-  ratelimit.query.limit: '100'", "+  ratelimit.query.limit: '50'",
+        '-  evidence.retention.days: "2555"', '+  evidence.retention.days: "365"',
+        '-  ratelimit.query.limit: "100"', '+  ratelimit.query.limit: "50"',
         [e for e in edits if e.startswith("-  resourceVersion")][0],
         [e for e in edits if e.startswith("+  resourceVersion")][0]])
-    assert "+  evidence.retention.days: '365'" in stdout, "diff mode shows the diff"
+    assert '+  evidence.retention.days: "365"' in stdout, "diff mode shows the diff"
 
 
 def test_failing_sources_are_recorded_in_the_manifest_and_the_capture_goes_on(app, run_capture, evidence_dir):

@@ -347,3 +347,37 @@ def test_index_carries_content_but_no_times():
     assert index["phases"]["before"]["files"] == [{"path": "before/s/a", "sha256": "1", "size": 1, "source": "s",
                                                    "type": "file"}]
     assert "duration_s" not in json.dumps(index) and '"T"' not in json.dumps(index)
+
+
+TRICKY = {
+    "bools and nulls": ["yes", "No", "on", "OFF", "y", "true", "null", "~", True, False, None],
+    "numbers": ["1.5", "0x1F", "0o17", "1_000", "1e3", ".inf", "2026-11-21T23:38:02Z", 3, -5, 0.5, 1e-05, 3.0],
+    "indicators": ["- x", "[x]", "{x}", "'q'", '"q"', "!tag", "&a", "*a", "%x", "|", ">", "?", "<<", "=", "@x", "`x"],
+    "colons and hashes": ["x: y", "a:b", "a #b", "a#b", "ends:", "/api/v1", "aureus/frontend@sha256:abc"],
+    "spaces": ["a b c", "a  b", " lead", "trail ", "", "a,b", "a (b)"],
+    "multi-line": ["multi\nline\n", "no-newline\nend", "end\n\n\n", "\n", "\nx\n", "x\n  y\n", "  lead\nx",
+                   "trail \nx", "\ttab\n", "a\tb\nc\n", "crlf\r\nx"],
+    "unicode": ["\u00fcn\u00ef", "\u2028", "\x00\x07", "caf\u00e9 au lait"],
+    "nesting": [[], {}, [[1, 2], [{"x": 1}]], {"n": {"y": [{}]}}],
+}
+
+
+def test_yaml_round_trips_every_kind_of_scalar_and_nesting():
+    text = ev.to_yaml(TRICKY)
+    assert yaml.safe_load(text) == TRICKY
+    assert yaml.load(text, Loader=yaml.CSafeLoader) == TRICKY
+    assert ev.to_yaml([TRICKY, TRICKY]) == "".join(ev.to_yaml([TRICKY]) for _ in range(2))
+
+
+def test_yaml_matches_what_pyyaml_reads_for_a_pod():
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "web-7ddb5f8fd-2kz27", "labels": {"pod-template-hash": "7ddb5f8fd", "n": "y"},
+                        "creationTimestamp": "2026-11-21T23:38:02Z", "resourceVersion": "1234",
+                        "annotations": {"a": "multi\nline\n"}},
+           "spec": {"containers": [{"name": "web", "image": "aureus/frontend:v0.1.1", "ports": [{"containerPort": 80}],
+                                    "resources": {}, "env": [{"name": "X", "value": "1"}]}]},
+           "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}
+    text = ev.to_yaml(pod)
+    assert yaml.safe_load(text) == pod
+    assert "image: aureus/frontend:v0.1.1\n" in text and "status: \"True\"\n" in text
+    assert "  annotations:\n    a: |\n      multi\n      line\n" in text
