@@ -165,6 +165,11 @@ namespace:
   returned: always
   type: str
   sample: aureus
+selector:
+  description: The workload's label selector as a list-call string (matchLabels and matchExpressions), for finding its pods.
+  returned: when the workload was read
+  type: str
+  sample: app=aureus,component=frontend
 from_revision:
   description: Revision the workload ran before (the history entry matching its current template).
   returned: when the history was read
@@ -602,6 +607,7 @@ def execute(apps, params, check_mode=False, diff=False):
         workload, items = read_state(apps, kind, namespace, name)
         outcome.timings["read"] = time.monotonic() - outcome.started
         result["resource_version_before"] = result["resource_version_after"] = workload["metadata"]["resourceVersion"]
+        result["selector"] = selector_to_string((workload.get("spec") or {}).get("selector") or {})
         plan = plan_rollback(kind, workload, items, params["to_revision"], params.get("to_image"),
                              params.get("allow_gitops_drift"), params.get("actor"), params.get("incident_id"),
                              params.get("reason"))
