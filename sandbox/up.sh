@@ -108,9 +108,18 @@ S=$KWOK_BIN/stages
     sed "/^    matchExpressions:/r $HERE/seed/kwok/pod-ready-exclude-chaos.yaml" "$S/pod/fast/pod-ready.yaml"
     echo "---"
     cat "$HERE/seed/kwok/pod-crashloop.yaml"
+    echo "---"
+    # Container logs for every pod (current and previous), served by KWOK's kubelet-like server so that
+    # `kubectl logs` and the log evidence read real streams. seed.sh writes the files.
+    mkdir -p "$STATE/kwok-logs"
+    sed "s#@LOGS@#$STATE/kwok-logs#g" "$HERE/seed/kwok/cluster-logs.yaml"
 } >"$STATE/kwok-stages.yaml"
+touch "$STATE/kwok-logs/current.log" "$STATE/kwok-logs/previous.log"
+KWOK_PORT=$(free_port)
 start_component kwok "$KWOK_BIN/kwok" --kubeconfig="$KUBECONFIG_PATH" --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake --node-lease-duration-seconds=40 \
+    --node-ip=127.0.0.1 --node-port="$KWOK_PORT" --server-address="127.0.0.1:$KWOK_PORT" \
+    --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
     --config="$STATE/kwok-stages.yaml"
 
 "$KUBECTL" --cache-dir "$STATE/kcache" apply -f "$HERE/seed/node.yaml" >/dev/null

@@ -130,3 +130,12 @@ def test_sandbox_down_leaves_no_process_behind():
     assert alive == []
     assert not (state / "env").exists()
     shutil.rmtree(state, ignore_errors=True)
+
+
+def test_pod_logs_are_served_current_and_previous(kubectl, namespace):
+    kubectl("-n", namespace, "create", "-f", "-", input=deployment_manifest("web", "example/web:1"))
+    kubectl("-n", namespace, "rollout", "status", "deployment/web", "--timeout=60s")
+    current = kubectl("-n", namespace, "logs", "deployment/web", "--tail=2").stdout.splitlines()
+    assert len(current) == 2 and "POST /api/query" in current[-1]
+    previous = kubectl("-n", namespace, "logs", "deployment/web", "--previous").stdout
+    assert "panic" in previous
