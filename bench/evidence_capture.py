@@ -158,7 +158,7 @@ def check_pack(out, rollback_id, pods):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--pods", default="1000,100")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the bench namespace")
@@ -203,8 +203,8 @@ def main():
             kubectl(env, "delete", "namespace", ns, "--wait=false", check=False)
     print()
     print("evidence capture, median of %d runs (wall time; peak RSS of the largest process)" % opts.runs)
-    print("%6s  %-18s %9s %10s %7s %9s %18s" % ("pods", "what", "wall s", "peak MiB", "files", "bytes",
-                                                  "wall vs runbook"))
+    header = ("pods", "what", "wall s", "peak MiB", "files", "bytes", "wall vs runbook")
+    print("%6s  %-18s %9s %10s %7s %9s %18s" % header)
     base = dict(((r[0]), r) for r in rows if r[1] == "runbook")
     for pods, name, wall, rss, files, size in rows:
         ratio = wall / base[pods][2] if base[pods][2] else float("nan")

@@ -33,6 +33,7 @@ import difflib
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -295,7 +296,7 @@ def _yaml_inline(value, indent):
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if value != value:
+        if math.isnan(value):
             return ".nan"
         if value in (float("inf"), float("-inf")):
             return ".inf" if value > 0 else "-.inf"
