@@ -157,10 +157,16 @@ export SANDBOX_POLICY_ACTIVE=$STATE/policy-active
 export SANDBOX_STATE=$STATE
 EOF
 
-# A throwaway ed25519 key for signing receipts in the sandbox (PKCS#8 PEM, as an AWX credential would inject).
-openssl genpkey -algorithm ed25519 -out "$STATE/signing.key" 2>/dev/null
-openssl pkey -in "$STATE/signing.key" -pubout -out "$STATE/signing.pub" 2>/dev/null
-chmod 600 "$STATE/signing.key"
+# The sandbox's ed25519 receipt-signing key (PKCS#8 PEM, as an AWX credential would inject it). It lives
+# beside the state directory and survives restarts: a new key would make the existing ledger unverifiable.
+KEYS=$STATE-keys
+if [ ! -f "$KEYS/signing.key" ]; then
+    install -d -m 700 "$KEYS"
+    openssl genpkey -algorithm ed25519 -out "$KEYS/signing.key" 2>/dev/null
+    openssl pkey -in "$KEYS/signing.key" -pubout -out "$KEYS/signing.pub" 2>/dev/null
+    chmod 600 "$KEYS/signing.key"
+fi
+cp "$KEYS/signing.key" "$KEYS/signing.pub" "$STATE/"
 cat >>"$STATE/env" <<EOF
 export GOVERNED_ROLLBACK_SIGNING_KEY_FILE=$STATE/signing.key
 export SANDBOX_SIGNING_PUBLIC_KEY=$STATE/signing.pub
