@@ -465,7 +465,7 @@ def load_keys(module):
 
 
 def safe_invocation(module, fields):
-    """The module args echoed back with the refused fields masked, so a refused secret is not printed either."""
+    """The module args echoed back with refused or masked fields hidden, so a secret is not printed either."""
     args = dict((k, v) for k, v in module.params.items() if k not in ("signing_key",))
     return {"module_args": mask_paths(args, fields)}
 
@@ -521,16 +521,18 @@ def run_present(module, signer, keys):
         outcome = append_receipt(params["ledger"], receipt, signer=signer, trusted_keys=keys,
                                  check_mode=module.check_mode, envelope_path=params["envelope_path"])
     except ReceiptError as exc:
-        module.fail_json(msg=exc.msg, fields=exc.fields, invocation=safe_invocation(module, exc.fields))
+        module.fail_json(msg=exc.msg, fields=exc.fields,
+                         invocation=safe_invocation(module, masked + (exc.fields if exc.secret else [])))
     except LedgerError as exc:
         module.fail_json(msg=exc.msg, first_bad_entry=exc.result.get("first_bad_entry"),
-                         bad_rollback_id=exc.result.get("bad_rollback_id"))
+                         bad_rollback_id=exc.result.get("bad_rollback_id"), invocation=safe_invocation(module, masked))
     except (IOError, OSError) as exc:
-        module.fail_json(msg="cannot write ledger %s: %s" % (params["ledger"], exc), exception=traceback.format_exc())
+        module.fail_json(msg="cannot write ledger %s: %s" % (params["ledger"], exc), exception=traceback.format_exc(),
+                         invocation=safe_invocation(module, masked))
 
     receipt = outcome["receipt"]
     summary = receipt_summary(receipt, outcome["receipt_sha256"], outcome["ledger_seq"])
-    result = dict(outcome, stats={receipt["rollback_id"]: summary})
+    result = dict(outcome, stats={receipt["rollback_id"]: summary}, invocation=safe_invocation(module, masked))
     if not module.check_mode:
         # Returned like set_stats' own result, so Ansible records it as custom stats (AWX artifacts).
         result["ansible_stats"] = {"data": {STATS_KEY: {receipt["rollback_id"]: summary}}, "per_host": False,

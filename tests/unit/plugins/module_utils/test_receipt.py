@@ -150,6 +150,16 @@ def test_canonical_hash_ignores_key_order_and_is_rfc8785():
     assert R.receipt_sha256(one) == R.receipt_sha256(two)
 
 
+def test_spliced_canonical_bytes_equal_rfc8785_of_the_whole(signer):
+    receipt = make_receipt(signer, notes="é ∑ \u2028 \x01 \"quoted\" \\ tab\t", details={"z": 1, "a": [None, True]})
+    entry = R.make_entry(7, "e" * 64, receipt, [{"keyid": "k", "sig": "s"}], "2024-01-15T10:30:45Z")
+    assert R.entry_line(entry) == R.canonical(entry) + b"\n"
+    members = R._entry_members(entry, R.canonical(receipt))
+    members["entry_sha256"] = R.canonical(entry["entry_sha256"])
+    assert R.join_canonical(members) == R.canonical(entry)
+    assert R.statement_payload(receipt) == R.canonical(R.make_statement(receipt, R.receipt_sha256(receipt)))
+
+
 # ---------------------------------------------------------------- schema
 
 @pytest.mark.parametrize("field", RECEIPT_SCHEMA["required"])
@@ -238,6 +248,7 @@ CANARIES = [
     ("notes", "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIcanary\n-----END PRIVATE KEY-----"),
     ("data_loss", "none; token: ghp_CanaryCanaryCanaryCanaryCanary123456"),
     ("notes", "leftover value Zk9vQmFyQmF6UXV4Q2FuYXJ5U2VjcmV0VmFsdWUxMjM0NQ"),
+    ("downtime", "kept session 4fJq9_Xv2LpZ8wR1tYb7Nc3Hs6KdE0aU"),
 ]
 
 
@@ -269,6 +280,10 @@ def test_receipt_values_that_are_not_secrets_pass_the_guard(signer):
                            details={"image": "aureus/frontend@sha256:" + "e" * 64, "replicas": 3,
                                     "backup": "backups/aureus_metadata/pre_rollback_backup_20240115-103045.sql",
                                     "git": "0123456789abcdef0123456789abcdef01234567",
+                                    "pod": "aureus-frontend-7d9f8c6b5c-x2x9z",
+                                    "images": "aureus/frontend:v0.1.2,aureus/sidecar:v1.2.3",
+                                    "dump": "postgresql-aureus_metadata-pre_rollback_backup_20240115T103045Z",
+                                    "class": "ThisIsAVeryLongJavaClassName2Factory",
                                     "password_rotation_due": None})
     assert R.secret_findings(receipt) == []
 

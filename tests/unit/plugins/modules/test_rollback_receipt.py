@@ -225,6 +225,8 @@ def test_failure_message_with_a_secret_is_masked_and_the_receipt_says_so(tmp_pat
     assert written["failure"]["message"] == "psql: connection to [MASKED:credentials in a URL]db failed"
     assert written["redaction"] == {"status": "masked", "rules": "receipt-secret-guard/v1",
                                     "masked_fields": ["failure.message"]}
+    assert run.results["receipt"]["invocation"]["module_args"]["failure"]["message"] == "********"
+    assert CANARY not in run.text
     assert all(CANARY.encode() not in data for data in files_under(str(tmp_path / "receipts")).values())
 
 
