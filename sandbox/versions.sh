@@ -1,9 +1,9 @@
 # Versions and paths of the sandbox's components; sourced by the other sandbox scripts.
 # shellcheck shell=bash
-K8S_VERSION=v1.33.13
-ETCD_VERSION=v3.5.21
-KWOK_VERSION=v0.7.0
-OPA_VERSION=v1.22.2
+K8S_VERSION=${K8S_VERSION:-v1.33.13}
+ETCD_VERSION=${ETCD_VERSION:-v3.5.21}
+KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
+OPA_VERSION=${OPA_VERSION:-v1.22.2}
 
 CACHE=${GOVERNED_ROLLBACK_CACHE:-$HOME/.cache/governed-rollback}
 K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin

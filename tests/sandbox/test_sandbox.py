@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -121,8 +122,19 @@ def test_sandbox_down_leaves_no_process_behind():
     env = dict(os.environ, GOVERNED_ROLLBACK_STATE=str(state))
     up = subprocess.run([os.path.join(ROOT, "sandbox", "up.sh")], env=env, capture_output=True, text=True)
     assert up.returncode == 0, up.stdout + up.stderr
+    first = {p.name[:-4]: int(p.read_text()) for p in (state / "pids").glob("*.pid")}
+    assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "postgres", "opa"} <= set(first)
+
+    # A killed run leaves a stale state directory: `up` must recover from it by itself.
+    os.kill(first["kube-apiserver"], signal.SIGKILL)
+    os.kill(first["kwok"], signal.SIGKILL)
+    time.sleep(0.5)
+    again = subprocess.run([os.path.join(ROOT, "sandbox", "up.sh")], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "state from an earlier run" in again.stdout + again.stderr
+    assert not [name for name, pid in first.items() if os.path.exists("/proc/%d" % pid)]
     pids = {p.name[:-4]: int(p.read_text()) for p in (state / "pids").glob("*.pid")}
-    assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "postgres", "opa"} <= set(pids)
+    assert set(pids) == set(first)
     down = subprocess.run([os.path.join(ROOT, "sandbox", "down.sh")], env=env, capture_output=True, text=True)
     assert down.returncode == 0, down.stdout + down.stderr
     time.sleep(0.5)
@@ -130,6 +142,7 @@ def test_sandbox_down_leaves_no_process_behind():
     assert alive == []
     assert not (state / "env").exists()
     shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(str(state) + "-keys", ignore_errors=True)
 
 
 def test_pod_logs_are_served_current_and_previous(kubectl, namespace):
@@ -139,3 +152,21 @@ def test_pod_logs_are_served_current_and_previous(kubectl, namespace):
     assert len(current) == 2 and "POST /api/query" in current[-1]
     previous = kubectl("-n", namespace, "logs", "deployment/web", "--previous").stdout
     assert "panic" in previous
+
+
+def test_a_go_build_failure_names_the_module_and_shows_gos_error():
+    cache = pathlib.Path(ROOT) / "build" / ("cold-cache-" + uuid.uuid4().hex[:6])
+    env = dict(os.environ, GOVERNED_ROLLBACK_CACHE=str(cache), OPA_VERSION="v0.0.0-does-not-exist")
+    # Reuse the real cached builds of everything but OPA, so only OPA is built (and fails).
+    real = pathlib.Path(os.path.expanduser("~/.cache/governed-rollback"))
+    cache.mkdir(parents=True)
+    for entry in real.iterdir():
+        if not entry.name.startswith("opa-"):
+            (cache / entry.name).symlink_to(entry)
+    try:
+        result = subprocess.run([os.path.join(ROOT, "sandbox", "build.sh")], env=env, capture_output=True, text=True)
+        assert result.returncode != 0
+        assert "FAILED to build opa from Go module github.com/open-policy-agent/opa@v0.0.0-does-not-exist" in result.stderr
+        assert "go's error" in result.stderr and "v0.0.0-does-not-exist" in result.stderr.split("go's error", 1)[1]
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
