@@ -4,15 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-DEST=$ROOT/build/sanity/ansible_collections/governed/rollback
-rm -rf "$ROOT/build/sanity"
+# A private copy per run, so concurrent runs do not pull the tree from under each other.
+WORK=$(mktemp -d "$ROOT/build/sanity.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+DEST=$WORK/ansible_collections/governed/rollback
 mkdir -p "$DEST"
 git ls-files -co --exclude-standard -z | grep -zv '^sandbox/tools/' | xargs -0 cp --parents -t "$DEST" 2>/dev/null || true
 # ansible-test downloads a get-pip script from a host outside the package registries; seed its cache.
 PIPV=$(sed -n "s/.*pip_version=['\"]\([0-9.]*\)['\"].*/\1/p" "$ROOT"/.venv/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py | head -1)
 PIPV=${PIPV:-24.2}
 mkdir -p ~/.ansible/test/cache
-cp "$ROOT/sandbox/get_pip_offline.py" ~/.ansible/test/cache/get_pip_${PIPV//./_}.py
+cp "$ROOT/sandbox/get_pip_offline.py" ~/.ansible/test/cache/get_pip_"${PIPV//./_}".py
 cd "$DEST"
 git init -q . && git add -A >/dev/null 2>&1 && git -c user.email=ci@local -c user.name=ci commit -qm sanity >/dev/null
 "$ROOT/.venv/bin/ansible-test" sanity --python 3.11 --local --color no "$@"

@@ -39,7 +39,7 @@ cat >"$STATE/kwok-logs/previous.log" <<LOG
 LOG
 
 # ---- Kubernetes ----------------------------------------------------------------------------
-k apply -f "$SEED/aureus-base.yaml" >/dev/null
+k apply -f "$SEED/aureus-namespace.yaml" -f "$SEED/aureus-config.yaml" >/dev/null
 k -n aureus create secret generic aureus-secrets --from-literal=db-password="$SANDBOX_CANARY_DB_PASSWORD" \
     --from-literal=api-token="$SANDBOX_CANARY_API_TOKEN" --dry-run=client -o yaml | k apply -f - >/dev/null
 until k get sa default -n aureus >/dev/null 2>&1; do sleep 0.3; done
@@ -61,7 +61,7 @@ seed_frontend_history() {
 
 if [ "$RESET" = --reset ]; then
     k -n aureus delete deployment aureus-frontend --ignore-not-found --cascade=foreground --wait=true --timeout=120s >/dev/null
-    k apply -f "$SEED/aureus-base.yaml" >/dev/null
+    k apply -f "$SEED/aureus-namespace.yaml" -f "$SEED/aureus-config.yaml" >/dev/null
 fi
 if ! k -n aureus get deployment aureus-frontend >/dev/null 2>&1; then
     seed_frontend_history

@@ -23,7 +23,7 @@ try:
     import kubernetes  # noqa: F401  pylint: disable=unused-import
     from kubernetes import client as k8s_client
     from kubernetes import config as k8s_config
-    from kubernetes.client.rest import ApiException  # pylint: disable=unused-import  (re-exported)
+    from kubernetes.client.rest import ApiException  # pylint: disable=unused-import
 
     HAS_K8S = True
 except ImportError:  # pragma: no cover - exercised only without the library
