@@ -1,0 +1,373 @@
+"""playbooks/rollback-deploy.yml end to end on the sandbox, scenario by scenario, the way the AUREUS runbook reads.
+
+Each scenario builds its own copy of the incident (a frontend whose revision 3, v0.1.2, crash-loops while revision
+2's v0.1.1 pods keep serving) in its own namespace and runs the playbook once, from the checkout with the sandbox
+inventory, overriding namespace, deployment, evidence_dir and receipt_ledger. The seeded aureus namespace is never
+touched. Every refusal proves that nothing changed by the resourceVersion of the Deployment and its ReplicaSets.
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import secrets
+import time
+
+import pytest
+
+from tests.integration import _playbook as pb
+
+NAME = "frontend"
+
+
+# --- harness -------------------------------------------------------------------------------------------------------
+
+
+class Incident:
+    """One throwaway copy of the incident: namespace, evidence directory, ledger, and a runner per playbook run."""
+
+    def __init__(self, kubectl, namespace, workdir):
+        self.kubectl = kubectl
+        self.namespace = namespace
+        self.workdir = workdir
+        self.evidence_dir = os.path.join(str(workdir), "evidence")
+        self.ledger = os.path.join(str(workdir), "ledger.jsonl")
+        self.runs = 0
+
+    def run(self, check=False, verbosity=0, **extravars):
+        """Run the playbook once against this incident's namespace (the inventory supplies everything else)."""
+        self.runs += 1
+        variables = {"namespace": self.namespace, "deployment": NAME, "evidence_dir": self.evidence_dir,
+                     "receipt_ledger": self.ledger}
+        variables.update(extravars)
+        return pb.run_playbook(os.path.join(str(self.workdir), "runner-%d" % self.runs), variables, check=check,
+                               verbosity=verbosity)
+
+    def versions(self):
+        return pb.resource_versions(self.kubectl, self.namespace, NAME)
+
+    def settled_versions(self, timeout=60):
+        """resourceVersions once the controllers have stopped writing (a finished rollout still updates status)."""
+        last = [None]
+
+        def stable():
+            now = self.versions()
+            same, last[0] = now == last[0], now
+            return now if same else None
+
+        def poll():
+            time.sleep(0.7)
+            return stable()
+
+        stable()
+        return pb.wait_until(poll, timeout=timeout, what="%s/%s to settle" % (self.namespace, NAME))
+
+    def deployment(self):
+        return pb.get(self.kubectl, "deployment", self.namespace, NAME)
+
+    def pods(self):
+        return pb.pods(self.kubectl, self.namespace, NAME)
+
+    def entries(self):
+        return pb.ledger_entries(self.ledger)
+
+    def receipt(self, rollback_id):
+        found = [e["receipt"] for e in self.entries() if e["rollback_id"] == rollback_id]
+        assert len(found) == 1, "expected one receipt for %s in %s" % (rollback_id, self.ledger)
+        return found[0]
+
+    def verify_ledger(self):
+        failed, result = pb.verify_ledger(os.path.join(str(self.workdir), "verify-%d" % self.runs), self.ledger)
+        assert not failed and result["valid"], result.get("message")
+        assert result["signatures_checked"] and result["unsigned_entries"] == []
+        return result
+
+    def archives(self):
+        return pb.archives(self.evidence_dir)
+
+
+@pytest.fixture
+def incident(kubectl, namespace, tmp_path):
+    return Incident(kubectl, namespace, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def canaries():
+    return {"secret": "canary-pbsecret-" + secrets.token_hex(12), "env": "canary-pbtoken-" + secrets.token_hex(12)}
+
+
+@pytest.fixture(scope="module")
+def rolled_back(kubectl, tmp_path_factory, canaries):
+    """The headline, run once for the module: target_rev=2 on the crash-looping revision 3, at -v.
+
+    The workload holds two canaries: a Secret value it reads with secretKeyRef and a literal API_TOKEN env var,
+    and it was created with --save-config so its last-applied-configuration annotation carries the literal too.
+    """
+    namespace = pb.new_namespace(kubectl, "pbh")
+    try:
+        pb.create_secret(kubectl, namespace, "frontend-secrets", {"db-password": canaries["secret"]})
+        pb.frontend_with_history(kubectl, namespace, env={"API_TOKEN": canaries["env"]},
+                                 secret_env={"AUREUS_DB_PASSWORD": ("frontend-secrets", "db-password")},
+                                 save_config=True)
+        incident = Incident(kubectl, namespace, tmp_path_factory.mktemp("headline"))
+        before = incident.versions()
+        run = incident.run(target_rev=2, verbosity=1)
+        yield incident, run, before
+    finally:
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def sha256_file(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def assert_nothing_changed(incident, before):
+    assert incident.versions() == before, "the refused rollback changed the Deployment or its ReplicaSets"
+    assert pb.template_image(incident.deployment()) == pb.IMAGES[2]
+
+
+def in_the_future(timestamp):
+    moment = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    return moment > datetime.datetime.now(datetime.timezone.utc)
+
+
+# --- the headline --------------------------------------------------------------------------------------------------
+
+
+def test_rollback_to_revision_2_restores_v0_1_1_verified_evidenced_and_receipted(rolled_back):
+    incident, run, _before = rolled_back
+    assert run.status == "successful", run.explain()
+    assert run.count("failures") == 0 and run.count("rescued") == 0
+
+    # The cluster: the template is v0.1.1 again and its three pods serve; nothing of v0.1.2 is left.
+    assert pb.template_image(incident.deployment()) == "aureus/frontend:v0.1.1"
+    pods = incident.pods()
+    assert [p["images"] for p in pods if p["ready"]] == [["aureus/frontend:v0.1.1"]] * 3
+    assert not [p for p in pods if "aureus/frontend:v0.1.2" in p["images"]], pods
+
+    # The ledger verifies (chain, schema, signatures against the sandbox's public key, signed head).
+    assert incident.verify_ledger()["entries"] == 1
+    (entry,) = incident.entries()
+    receipt = entry["receipt"]
+    assert receipt["outcome"] == "succeeded"
+    assert receipt["approval"]["rule"] == "deployment_last" and receipt["approval"]["approved"] is True
+    assert (receipt["from_version"], receipt["to_version"]) == ("aureus/frontend:v0.1.2", "aureus/frontend:v0.1.1")
+    assert (receipt["details"]["from_revision"], receipt["details"]["to_revision"]) == (3, 2)
+    assert (receipt["incident_id"], receipt["requested_by"]) == ("INC-12345", "oncall")
+    assert receipt["signing"]["signed"] is True
+    assert receipt["emergency"] is False
+    assert all(receipt["verification"][check] == "pass"
+               for check in ("rollout_complete", "pods_on_target_images", "no_fled_pods_left", "health"))
+
+    # The evidence archive on disk is the one the receipt names, byte for byte.
+    archive = receipt["evidence"]["archive"]
+    assert incident.archives() == [archive]
+    assert receipt["evidence"]["archive_sha256"] == sha256_file(archive)
+    assert os.path.exists(os.path.join(incident.evidence_dir, receipt["rollback_id"], "before", "manifest.json"))
+    assert os.path.exists(os.path.join(incident.evidence_dir, receipt["rollback_id"], "after", "manifest.json"))
+
+    # What AWX keeps as job artifacts (set_stats): the rollback id and the receipt digest.
+    stats = run.artifact_data["governed_rollback"]
+    assert stats["rollback_id"] == receipt["rollback_id"] == entry["rollback_id"]
+    assert stats["receipt_sha256"] == entry["receipt_sha256"]
+    assert stats["outcome"] == "succeeded"
+    assert stats["evidence_archive_sha256"] == receipt["evidence"]["archive_sha256"]
+
+    # The one-screen summary.
+    assert "revision 3 (aureus/frontend:v0.1.2) -> 2 (aureus/frontend:v0.1.1)" in run.stdout
+    assert "receipt: %s seq 1 sha256:%s" % (receipt["rollback_id"], entry["receipt_sha256"]) in run.stdout
+
+
+def test_running_the_same_rollback_again_changes_nothing(rolled_back):
+    incident, first, _before = rolled_back
+    assert first.status == "successful", first.explain()
+    with open(incident.ledger, "rb") as handle:
+        ledger_before = handle.read()
+    before = incident.settled_versions()
+
+    again = incident.run(target_rev=2)
+
+    assert again.status == "successful", again.explain()
+    assert again.changed_tasks == [] and again.count("changed") == 0
+    assert incident.versions() == before
+    with open(incident.ledger, "rb") as handle:
+        assert handle.read() == ledger_before, "a no-op run must not add a receipt"
+    assert "Nothing to roll back" in again.stdout
+
+
+def test_no_secret_value_reaches_evidence_ledger_envelope_or_output(rolled_back, canaries):
+    incident, run, _before = rolled_back
+    assert run.status == "successful", run.explain()
+    needles = sorted(canaries.values())
+    # The canaries are really in the workload, so not finding them below means something.
+    secret = pb.get(incident.kubectl, "secret", incident.namespace, "frontend-secrets")
+    assert "AUREUS_DB_PASSWORD" in json.dumps(incident.deployment())
+    assert canaries["env"] in json.dumps(incident.deployment())
+    assert secret["data"]["db-password"]
+
+    # Everything the run wrote: evidence files, archive members, ledger, head, the DSSE envelope and its payload.
+    runners = os.path.join(str(incident.workdir), "runner-")
+    texts = [(where, text) for where, text in pb.every_text(incident.workdir) if not where.startswith(runners)]
+    searched = [where for where, _text in texts]
+    assert any("!" in where and where.split("!")[0].endswith(".tar.gz") for where in searched)
+    assert any(where.endswith("!payload") and ".intoto.jsonl" in where for where in searched)
+    assert incident.ledger in searched and incident.ledger + ".head" in searched
+    assert [where for where in searched if where.startswith(incident.evidence_dir + os.sep)]
+    assert [(where, n) for where, text in texts for n in needles if n in text] == []
+    assert [n for n in needles if n in run.stdout] == []
+    # AWX stores every job event (module arguments and results): the runner's record of the run is clean too.
+    assert pb.files_containing(os.path.join(run.artifact_dir, "job_events"), needles) == []
+
+
+# --- approval ------------------------------------------------------------------------------------------------------
+
+
+def test_older_version_needs_the_engineering_lead_denied_without_changes_then_approved(incident):
+    pb.frontend_with_history(incident.kubectl, incident.namespace)
+    before = incident.settled_versions()
+
+    denied = incident.run(target_rev=1, requested_by="oncall", approvals=[], rollback_id="rollback-older-denied")
+
+    assert denied.status == "failed"
+    assert denied.count("failures") == 1
+    stop = denied.task_result("Stop, escalate; do not attempt further rollbacks")
+    assert "denied" in stop["msg"] and "engineering_lead" in stop["msg"], stop["msg"]
+    assert "Nothing was changed in the cluster" in stop["msg"]
+    assert_nothing_changed(incident, before)
+    assert not os.path.exists(incident.evidence_dir) or os.listdir(incident.evidence_dir) == []
+    receipt = incident.receipt("rollback-older-denied")
+    assert receipt["outcome"] == "denied"
+    assert receipt["approval"]["rule"] == "deployment_older"
+    assert receipt["approval"]["missing_roles"] == ["engineering_lead"]
+    assert "evidence" not in receipt or not receipt["evidence"]
+
+    approved = incident.run(target_rev=1, requested_by="oncall", approvals=["eng-lead"],
+                            rollback_id="rollback-older-approved")
+
+    assert approved.status == "successful", approved.explain()
+    assert pb.template_image(incident.deployment()) == "aureus/frontend:v0.1.0"
+    receipt = incident.receipt("rollback-older-approved")
+    assert receipt["outcome"] == "succeeded"
+    assert receipt["approval"]["rule"] == "deployment_older"
+    assert [a["name"] for a in receipt["approval"]["approved_by"]] == ["eng-lead"]
+    assert (receipt["from_version"], receipt["to_version"]) == ("aureus/frontend:v0.1.2", "aureus/frontend:v0.1.0")
+    assert incident.verify_ledger()["entries"] == 2
+
+
+def test_p0_emergency_override_by_the_incident_commander_proceeds_with_retroactive_approval_due(incident):
+    pb.frontend_with_history(incident.kubectl, incident.namespace)
+
+    run = incident.run(target_rev=1, priority="P0", incident_commander="ic", emergency_override=True,
+                       approvals=[], rollback_id="rollback-p0")
+
+    assert run.status == "successful", run.explain()
+    assert pb.template_image(incident.deployment()) == "aureus/frontend:v0.1.0"
+    receipt = incident.receipt("rollback-p0")
+    assert receipt["outcome"] == "succeeded"
+    assert receipt["emergency"] is True
+    assert receipt["approval"]["approval_path"] == "emergency_override"
+    assert receipt["approval"]["incident_commander"] == "ic"
+    assert in_the_future(receipt["retroactive_approval_due"])
+    assert receipt["post_incident_review"] == "required"
+    summary = run.task_result("Summary")["msg"]
+    assert "EMERGENCY" in summary[2] and receipt["retroactive_approval_due"] in summary[2], summary
+    incident.verify_ledger()
+
+
+def test_emergency_override_without_p0_is_denied_and_changes_nothing(incident):
+    pb.frontend_with_history(incident.kubectl, incident.namespace)
+    before = incident.settled_versions()
+
+    run = incident.run(target_rev=1, priority="P1", incident_commander="ic", emergency_override=True,
+                       approvals=[], rollback_id="rollback-p1-emergency")
+
+    assert run.status == "failed" and run.count("failures") == 1
+    assert_nothing_changed(incident, before)
+    assert incident.archives() == []
+    receipt = incident.receipt("rollback-p1-emergency")
+    assert receipt["outcome"] == "denied"
+    assert receipt["emergency"] is False
+    assert receipt["approval"]["emergency_requested"] is True
+    assert "P0" in run.task_result("Stop, escalate; do not attempt further rollbacks")["msg"]
+
+
+# --- failures and refusals -----------------------------------------------------------------------------------------
+
+
+def test_rollback_whose_target_never_becomes_ready_fails_with_failure_evidence_and_receipt(incident):
+    # Revision 2 itself crash-loops: rolling back to it can never complete.
+    pb.frontend_with_history(incident.kubectl, incident.namespace, broken=(2, 3))
+
+    run = incident.run(target_rev=2, wait_timeout=15, rollback_id="rollback-never-ready")
+
+    assert run.status == "failed"
+    assert run.count("failures") == 1
+    # The rescue preserved the state, then ended in a fail (it never swallows the failure).
+    assert run.failed_tasks == ["Roll back and wait for the rollout", "Stop, escalate; do not attempt further rollbacks"]
+    wait = run.task_result("Roll back and wait for the rollout")
+    assert "did not complete (timeout): timed out after 15s" in wait["msg"], wait["msg"]
+    receipt = incident.receipt("rollback-never-ready")
+    assert receipt["outcome"] == "failed"
+    assert receipt["failure"]["task"] == "Roll back and wait for the rollout"
+    failure_manifest = os.path.join(incident.evidence_dir, "rollback-never-ready", "failure", "manifest.json")
+    assert os.path.exists(failure_manifest)
+    assert receipt["evidence"]["archive_sha256"] == sha256_file(receipt["evidence"]["archive"])
+    assert receipt["verification"]["rollout_complete"] in ("fail", "not_run")
+    incident.verify_ledger()
+
+
+def test_rollback_of_a_paused_deployment_is_refused_and_changes_nothing(incident):
+    pb.frontend_with_history(incident.kubectl, incident.namespace)
+    incident.kubectl("rollout", "pause", "deployment/" + NAME, "-n", incident.namespace)
+    before = incident.settled_versions()
+
+    run = incident.run(target_rev=2, rollback_id="rollback-paused")
+
+    assert run.status == "failed" and run.count("failures") == 1
+    plan = run.task_result("Plan the rollback with a server-side dry run (refuses paused, pruned, GitOps-owned workloads)")
+    assert "paused" in plan["msg"], plan["msg"]
+    assert_nothing_changed(incident, before)
+    receipt = incident.receipt("rollback-paused")
+    assert receipt["outcome"] == "failed"
+    assert "paused" in receipt["failure"]["message"]
+
+
+def test_rollback_of_an_argo_cd_owned_deployment_is_refused_and_changes_nothing(incident):
+    tracking = "frontend:apps/Deployment:%s/%s" % (incident.namespace, NAME)
+    pb.frontend_with_history(incident.kubectl, incident.namespace, metadata={
+        "labels": {"app.kubernetes.io/instance": NAME},
+        "annotations": {"argocd.argoproj.io/tracking-id": tracking}})
+    before = incident.settled_versions()
+
+    run = incident.run(target_rev=2, rollback_id="rollback-argo")
+
+    assert run.status == "failed" and run.count("failures") == 1
+    plan = run.task_result("Plan the rollback with a server-side dry run (refuses paused, pruned, GitOps-owned workloads)")
+    assert "Argo CD" in plan["msg"] and "allow_gitops_drift" in plan["msg"], plan["msg"]
+    assert_nothing_changed(incident, before)
+    receipt = incident.receipt("rollback-argo")
+    assert receipt["outcome"] == "failed"
+    assert "Argo CD" in receipt["failure"]["message"]
+
+
+# --- check mode ----------------------------------------------------------------------------------------------------
+
+
+def test_check_mode_shows_the_plan_and_changes_nothing(incident):
+    pb.frontend_with_history(incident.kubectl, incident.namespace)
+    before = incident.settled_versions()
+
+    run = incident.run(check=True, target_rev=2)
+
+    assert run.status == "successful", run.explain()
+    assert_nothing_changed(incident, before)
+    assert not os.path.exists(incident.ledger)
+    assert not os.path.exists(incident.evidence_dir) or os.listdir(incident.evidence_dir) == []
+    plan = run.task_result("Roll back and wait for the rollout")
+    assert (plan["from_revision"], plan["to_revision"]) == (3, 2)
+    assert (plan["from_images"], plan["to_images"]) == (["aureus/frontend:v0.1.2"], ["aureus/frontend:v0.1.1"])
+    summary = run.task_result("Summary")["msg"]
+    assert "PLANNED (check mode: nothing was changed" in summary[0]
+    assert "revision 3 (aureus/frontend:v0.1.2) -> 2 (aureus/frontend:v0.1.1)" in summary[1]
+    assert "approval: deployment_last" == summary[2]
