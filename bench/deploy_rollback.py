@@ -1,0 +1,266 @@
+#!/usr/bin/env python
+"""Benchmark: the governed deployment rollback against kubectl and the AUREUS runbook's manual procedure.
+
+Each variant has its own namespace holding a 10-replica copy of the incident (revision 1 v0.1.0, 2 v0.1.1,
+3 v0.1.2 crash-looping under KWOK's chaos label, change-causes as in the runbook). Before every run that
+namespace's Deployment is deleted and its history rebuilt (not timed), then the variant rolls back to revision 2:
+
+  (a) governed   ansible-playbook playbooks/rollback-deploy.yml -e target_rev=2 (plan, approval, evidence before,
+                 rollout_undo with wait, verification, evidence after + archive, signed receipt)
+  (b) kubectl    kubectl rollout undo --to-revision=2 && kubectl rollout status
+  (c) runbook    the runbook's controlled rollback scripted with its own commands: rollout history; describe,
+                 get pods -o yaml and logs --tail=1000 before; rollout undo; rollout status --watch; the pod
+                 image check; describe and get pods -o yaml after; the manifest JSON; tar -czf. (Its final
+                 `kubectl cp` of the archive into a pod is left out: KWOK pods have no container to copy into.)
+
+Wall times are medians over the runs, measured around the whole command (process start included). The
+playbook's own split comes from ansible-core's junit callback (one duration per task) and rollout_undo's
+returned timings. The goals of issue 5: (a) at most half of (c), and within 2 s of (b).
+
+Usage: .venv/bin/python bench/deploy_rollback.py [--runs 5] [--replicas 10] [--keep]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import xml.etree.ElementTree as ET
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.sandbox_env import load_sandbox_env  # noqa: E402  pylint: disable=wrong-import-position
+from tests.integration import _playbook as pb  # noqa: E402  pylint: disable=wrong-import-position
+
+VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+NAME = "frontend"
+TARGET = "aureus/frontend:v0.1.1"
+# Where the playbook's time goes, by task name prefix (the rest is ansible itself: start-up, includes, facts).
+PHASES = (
+    ("pre-flight (evidence dir writable)", "Pre-flight"),
+    ("plan (server-side dry run)", "Plan the rollback"),
+    ("approval", "Check approval"),
+    ("evidence before", "Capture evidence before"),
+    ("rollout_undo + wait", "Roll back and wait"),
+    ("verification", ("Evaluate the rollout", "Check the health", "Run the smoke", "Record the health",
+                      "Assert the rollback")),
+    ("evidence after + archive", "Capture evidence after"),
+    ("signed receipt + ledger", "Write the rollback receipt"),
+)
+
+# Tasks whose module returns its own timings (rollout_undo: read, patch, wait, total), to set them apart from the
+# cost of starting a module.
+MODULE_TIMINGS = {"plan (server-side dry run)": "plan", "rollout_undo + wait": "rollout"}
+
+
+class Sandbox:
+    def __init__(self):
+        self.env = load_sandbox_env()
+        self.kubectl_argv = [self.env["SANDBOX_KUBECTL"], "--kubeconfig", self.env["KUBECONFIG"],
+                             "--cache-dir", self.env["SANDBOX_KUBECTL_CACHE"]]
+
+    def kubectl(self, *args, check=True, input=None):
+        return subprocess.run(self.kubectl_argv + list(args), check=check, capture_output=True, text=True,
+                              input=input)
+
+    def reset(self, namespace, replicas):
+        """Put the namespace back in the incident's state: revision 3 crash-looping, revision 2 serving."""
+        self.kubectl("delete", "deployment", NAME, "-n", namespace, "--ignore-not-found", "--cascade=foreground",
+                     "--wait=true", "--timeout=180s")
+        pb.wait_until(lambda: not pb.items(self.kubectl, "pods", namespace), timeout=180,
+                      what="pods of %s to go" % namespace)
+        pb.frontend_with_history(self.kubectl, namespace, replicas=replicas)
+
+    def rolled_back(self, namespace, replicas):
+        deployment = pb.get(self.kubectl, "deployment", namespace, NAME)
+        status = deployment.get("status", {})
+        return pb.template_image(deployment) == TARGET and status.get("updatedReplicas") == replicas and \
+            status.get("readyReplicas") == replicas and status.get("replicas") == replicas
+
+
+def timed(argv, env=None, cwd=None):
+    started = time.monotonic()
+    proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    return time.monotonic() - started, proc
+
+
+def governed(sandbox, namespace, work):
+    junit = os.path.join(work, "junit")
+    os.makedirs(junit)
+    extravars = os.path.join(work, "vars.json")
+    with open(extravars, "w") as handle:
+        json.dump({"namespace": namespace, "deployment": NAME, "target_rev": 2,
+                   "evidence_dir": os.path.join(work, "evidence"),
+                   "receipt_ledger": os.path.join(work, "evidence", "ledger.jsonl")}, handle)
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
+               ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.junit", JUNIT_OUTPUT_DIR=junit)
+    wall, proc = timed([os.path.join(VENV_BIN, "ansible-playbook"), "playbooks/rollback-deploy.yml",
+                        "-e", "@" + extravars], env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit("the playbook failed in %s:\n%s" % (namespace, proc.stdout[-3000:]))
+    receipts = [e["receipt"] for e in pb.ledger_entries(os.path.join(work, "evidence", "ledger.jsonl"))]
+    if [r["outcome"] for r in receipts] != ["succeeded"]:
+        raise SystemExit("expected one succeeded receipt in %s, got %s" % (namespace, receipts))
+    return wall, task_split(junit)
+
+
+def task_split(junit_dir):
+    """Seconds per phase from the junit report, plus rollout_undo's own timings."""
+    (report,) = [os.path.join(junit_dir, f) for f in os.listdir(junit_dir) if f.endswith(".xml")]
+    split = dict((phase, 0.0) for phase, _prefixes in PHASES)
+    split["tasks total"] = 0.0
+    for case in ET.parse(report).getroot().iter("testcase"):
+        seconds = float(case.get("time"))
+        # "[host] <play>: <role> : <task> <args>"; include_tasks records (_raw_params=) count as other tasks.
+        name = case.get("name")
+        task = name.split(" : ", 1)[1] if " : " in name else name.split(": ", 1)[-1]
+        split["tasks total"] += seconds
+        for phase, prefixes in PHASES:
+            if task.startswith(prefixes) and "_raw_params=" not in task:
+                split[phase] += seconds
+                if phase in MODULE_TIMINGS:
+                    out = case.find("system-out")
+                    result = json.loads(out.text) if out is not None and out.text else {}
+                    timings = result.get("timings") or {}
+                    for key in ("read", "patch", "wait", "total"):
+                        if key in timings:
+                            split["  %s: module %s" % (MODULE_TIMINGS[phase], key)] = timings[key]
+                break
+    return split
+
+
+def kubectl_undo(sandbox, namespace, _work):
+    k = " ".join(sandbox.kubectl_argv)
+    script = ("{k} rollout undo deployment/{n} -n {ns} --to-revision=2 && "
+              "{k} rollout status deployment/{n} -n {ns}").format(k=k, n=NAME, ns=namespace)
+    wall, proc = timed(["bash", "-c", script])
+    if proc.returncode != 0:
+        raise SystemExit("kubectl rollout undo failed in %s: %s" % (namespace, proc.stderr))
+    return wall, {}
+
+
+RUNBOOK = r"""
+K="{k}"
+ROLLBACK_ID="rollback-$(date +%Y%m%d-%H%M%S)"
+OUT="{work}"
+mkdir -p "$OUT/$ROLLBACK_ID"
+$K rollout history deployment/{n} -n {ns}
+$K describe deployment {n} -n {ns} > "$OUT/$ROLLBACK_ID/deployment-before.txt"
+$K get pods -n {ns} -l component=frontend -o yaml > "$OUT/$ROLLBACK_ID/pods-before.yaml"
+$K logs -n {ns} -l component=frontend --all-containers=true \
+  --tail=1000 > "$OUT/$ROLLBACK_ID/logs-before-rollback.txt"
+$K rollout undo deployment/{n} -n {ns} --to-revision=2 || exit 1
+$K rollout status deployment/{n} -n {ns} --watch || exit 1
+$K get pods -n {ns} -l component=frontend \
+  -o jsonpath='{{range .items[*]}}{{.metadata.name}}{{"\t"}}{{.spec.containers[0].image}}{{"\n"}}{{end}}'
+$K get pods -n {ns} -l component=frontend
+$K describe deployment {n} -n {ns} > "$OUT/$ROLLBACK_ID/deployment-after.txt"
+$K get pods -n {ns} -l component=frontend -o yaml > "$OUT/$ROLLBACK_ID/pods-after.yaml"
+cat > "$OUT/$ROLLBACK_ID/rollback-manifest.json" <<EOF
+{{
+  "rollback_id": "$ROLLBACK_ID",
+  "timestamp": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+  "component": "frontend",
+  "from_version": "v0.1.2",
+  "to_version": "v0.1.1",
+  "reason": "Breaking UI changes affecting user workflows",
+  "approver": "$USER",
+  "incident_id": "INC-12345",
+  "verification": {{
+    "health_check": "passed",
+    "smoke_tests": "passed",
+    "user_validation": "pending"
+  }}
+}}
+EOF
+tar -czf "$OUT/$ROLLBACK_ID.tar.gz" -C "$OUT" "$ROLLBACK_ID"
+"""
+
+
+def runbook(sandbox, namespace, work):
+    script = RUNBOOK.format(k=" ".join(sandbox.kubectl_argv), n=NAME, ns=namespace, work=work)
+    wall, proc = timed(["bash", "-c", script])
+    if proc.returncode != 0 or not [f for f in os.listdir(work) if f.endswith(".tar.gz")]:
+        raise SystemExit("the runbook procedure failed in %s: %s" % (namespace, proc.stderr[-2000:]))
+    return wall, {}
+
+
+VARIANTS = (("(a) governed playbook", governed), ("(b) kubectl undo+status", kubectl_undo),
+            ("(c) runbook procedure", runbook))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--replicas", type=int, default=10)
+    parser.add_argument("--keep", action="store_true", help="keep the namespaces and the work directory")
+    opts = parser.parse_args()
+    sandbox = Sandbox()
+    tag = uuid.uuid4().hex[:6]
+    namespaces = dict((name, "bench-rollback-%s-%s" % (name[1], tag)) for name, _func in VARIANTS)
+    os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
+    work = tempfile.mkdtemp(prefix="bench-rollback-", dir=os.path.join(ROOT, "build"))
+    walls = dict((name, []) for name, _func in VARIANTS)
+    splits = []
+    load_before = os.getloadavg()[0]
+    try:
+        for namespace in namespaces.values():
+            sandbox.kubectl("create", "namespace", namespace)
+        for run in range(opts.runs):
+            # Variants take turns within a round, so a slow moment of the shared sandbox hits all of them.
+            for name, func in VARIANTS:
+                namespace = namespaces[name]
+                sandbox.reset(namespace, opts.replicas)
+                out = os.path.join(work, "%s-%d" % (name[1], run))
+                os.makedirs(out)
+                wall, split = func(sandbox, namespace, out)
+                if not sandbox.rolled_back(namespace, opts.replicas):
+                    raise SystemExit("%s did not leave %d ready %s pods in %s"
+                                     % (name, opts.replicas, TARGET, namespace))
+                walls[name].append(wall)
+                if split:
+                    split["wall"] = wall
+                    splits.append(split)
+                print("# run %d %-24s %6.2f s" % (run + 1, name, wall), flush=True)
+    finally:
+        if not opts.keep:
+            shutil.rmtree(work, ignore_errors=True)
+            for namespace in namespaces.values():
+                sandbox.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    report(walls, splits, opts, (load_before, os.getloadavg()[0]))
+
+
+def report(walls, splits, opts, load):
+    median = dict((name, statistics.median(values)) for name, values in walls.items())
+    a, b, c = (median[name] for name, _func in VARIANTS)
+    half_ok, near_ok = a <= c / 2.0, a - b <= 2.0
+    print()
+    print("deployment rollback 3 -> 2, %d replicas, median of %d runs (wall seconds); host: %d CPUs shared with the "
+          "sandbox, load average %.1f -> %.1f" % (opts.replicas, opts.runs, os.cpu_count(), load[0], load[1]))
+    print("%-40s %9s %9s %9s %9s" % ("variant / playbook phase", "median", "min", "max", "vs (c)"))
+    for name, _func in VARIANTS:
+        values = walls[name]
+        print("%-40s %9.2f %9.2f %9.2f %8.2fx" % (name, median[name], min(values), max(values), median[name] / c))
+    keys = []
+    for phase, _prefixes in PHASES:
+        keys.append(phase)
+        keys.extend(k for k in splits[0] if MODULE_TIMINGS.get(phase) and k.startswith("  %s:" % MODULE_TIMINGS[phase]))
+    for key in keys:
+        print("  %-38s %9.2f" % (key, statistics.median(s.get(key, 0.0) for s in splits)))
+    overhead = statistics.median(s["wall"] - s["tasks total"] for s in splits)
+    other = statistics.median(s["tasks total"] - sum(s[p] for p, _x in PHASES) for s in splits)
+    print("  %-38s %9.2f" % ("other tasks (set_fact, includes, debug)", other))
+    print("  %-38s %9.2f" % ("ansible outside tasks (start-up, parse)", overhead))
+    print("goal (a) <= (c)/2: %.2f <= %.2f  %s" % (a, c / 2.0, "MET" if half_ok else "MISSED"))
+    print("goal (a) - (b) <= 2 s: %.2f      %s" % (a - b, "MET" if near_ok else "MISSED"))
+
+
+if __name__ == "__main__":
+    main()
