@@ -1027,15 +1027,19 @@ def capture_k8s_pods(ctx, source, writer):
 
 
 def _log_targets(pod, containers, previous):
-    """(container, previous) pairs to fetch for a pod; previous only where a container restarted."""
+    """(container, previous) pairs to fetch for a pod; previous only where a container restarted.
+
+    A container asked for by name that the pod does not have is still a target: the API's
+    refusal then records, pod by pod, that the expected container is missing.
+    """
     spec = pod.get("spec") or {}
     statuses = dict((s.get("name"), s) for s in ((pod.get("status") or {}).get("containerStatuses") or []) +
                     ((pod.get("status") or {}).get("initContainerStatuses") or []))
     names = [c.get("name") for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])]
+    if containers:
+        names = [n for n in names if n in containers] + [n for n in containers if n not in names]
     targets = []
     for name in names:
-        if containers and name not in containers:
-            continue
         targets.append((name, False))
         if previous and (statuses.get(name) or {}).get("restartCount", 0) > 0:
             targets.append((name, True))

@@ -2,8 +2,10 @@
 
 Each test gets its own namespace with a Deployment whose pods reference a Secret holding a
 canary value (applied with ``kubectl apply``, so the last-applied annotation carries it in
-plain text, the worst case). KWOK makes the pods Running; it has no kubelet, so log reads fail
-and must be recorded as a failed source, not crash the capture.
+plain text, the worst case). KWOK makes the pods Running and serves the sandbox's seeded
+container log for every pod, which leaks the sandbox's canary API token in an Authorization
+header, as real apps do. Pods that are never scheduled have no logs at all: their log reads
+fail and must be recorded as a failed source, not crash the capture.
 """
 
 import base64
@@ -114,7 +116,7 @@ def wait_until(predicate, timeout=90, what="condition"):
 
 
 @pytest.fixture
-def app(namespace, kubectl):
+def app(namespace, kubectl, sandbox_env):
     """The canary workload in its own namespace, pods Running. Returns its coordinates and canaries."""
     canary = "canary-" + uuid.uuid4().hex
     token = "canary-token-" + uuid.uuid4().hex
@@ -126,7 +128,9 @@ def app(namespace, kubectl):
         return len(phases) == 2 and all(phase == "Running" for phase in phases)
 
     wait_until(running, what="2 Running pods in %s" % namespace)
-    return {"namespace": namespace, "canary": canary, "token": token}
+    return {"namespace": namespace, "canary": canary, "token": token,
+            "sandbox_token": sandbox_env["SANDBOX_CANARY_API_TOKEN"],
+            "sandbox_password": sandbox_env["SANDBOX_CANARY_DB_PASSWORD"]}
 
 
 def k8s_sources(namespace, logs=True):
@@ -180,7 +184,7 @@ def test_canary_secret_value_never_appears_in_the_pack_the_archive_or_the_task_o
     assert not failed, after.get("msg")
     assert after["archive_sha256"] and os.path.exists(after["archive_path"])
 
-    secrets = forms(app["canary"], app["token"])
+    secrets = forms(app["canary"], app["token"], app["sandbox_token"], app["sandbox_password"])
     every_file = list(files_under(evidence_dir))
     assert len(every_file) > 10
     for path in every_file:
@@ -205,6 +209,13 @@ def test_canary_secret_value_never_appears_in_the_pack_the_archive_or_the_task_o
     assert "last-applied-configuration" not in text and "managedFields" not in text
     assert after["redaction"]["status"] == "passed"
     assert before["manifest"]["redaction"]["status"] == "passed"
+    # The seeded container log leaks the sandbox's API token in an Authorization header: masked, line kept.
+    logs_dir = os.path.join(evidence_dir, "rb-canary", "before", "logs")
+    pod_logs = [p for p in files_under(logs_dir) if p.endswith(".log")]
+    assert len(pod_logs) == 2
+    with open(pod_logs[0]) as handle:
+        log = handle.read()
+    assert '"header":"Authorization: Bearer **REDACTED**"' in log and "upstream rejected request" in log
 
 
 def test_two_captures_of_unchanged_state_give_the_same_archive_digest(app, run_capture, sandbox_env):
@@ -262,7 +273,9 @@ def test_before_and_after_around_a_configmap_change_show_exactly_the_changed_key
 def test_failing_sources_are_recorded_in_the_manifest_and_the_capture_goes_on(app, run_capture, evidence_dir):
     ns = app["namespace"]
     failed, result, _out = run_capture(rollback_id="rb-fail", phase="before", evidence_dir=evidence_dir, sources=[
-        {"type": "k8s_logs", "name": "logs", "namespace": ns, "label_selector": "component=frontend"},
+        # The pods have no "sidecar" container: the API refuses each log read.
+        {"type": "k8s_logs", "name": "logs", "namespace": ns, "label_selector": "component=frontend",
+         "containers": ["sidecar"]},
         {"type": "k8s_configmap", "name": "missing", "namespace": ns, "resource_name": "no-such-config"},
         {"type": "pg_table_counts", "name": "counts", "tables": ["schema_migrations", "no_such_table"]},
         {"type": "k8s_configmap", "name": "config", "namespace": ns, "resource_name": "app-config"},
@@ -272,8 +285,9 @@ def test_failing_sources_are_recorded_in_the_manifest_and_the_capture_goes_on(ap
         manifest = json.load(handle)
     failures = dict((f["name"], f) for f in manifest["failed_sources"])
     assert set(failures) == {"logs", "missing", "counts"}
-    # KWOK has no kubelet: every log stream fails and the source says so, with the API server's words.
+    # Every log stream fails and the source says so, with the API server's words.
     assert failures["logs"]["error"].startswith("2 of 2 log streams could not be read; first: pod web-")
+    assert "container sidecar is not valid for pod web-" in failures["logs"]["error"]
     assert failures["missing"]["error"] == "ConfigMap %s/no-such-config not found" % ns
     assert failures["counts"]["error"].startswith("table(s) no_such_table not found; existing tables:")
     assert all(f["required"] is False for f in failures.values())
@@ -460,3 +474,36 @@ def test_a_phase_is_not_captured_twice_unless_overwrite(app, run_capture, eviden
     failed, third, _out = run_capture(rollback_id="rb-twice", phase="before", evidence_dir=evidence_dir,
                                       sources=sources, overwrite=True)
     assert not failed and third["changed"] is True
+
+
+CRASHING = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: crashing, namespace: %s}
+spec:
+  replicas: 1
+  selector: {matchLabels: {component: crashing}}
+  template:
+    metadata:
+      labels: {component: crashing, pod-container-running-failed.stage.kwok.x-k8s.io: "true"}
+    spec:
+      containers: [{name: web, image: aureus/frontend:v0.1.2}]
+"""
+
+
+def test_logs_of_the_previous_container_are_captured_where_a_container_restarted(namespace, kubectl, run_capture,
+                                                                                 evidence_dir):
+    kubectl("apply", "-f", "-", input=CRASHING % namespace)
+
+    def restarted():
+        pods = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
+        return pods and any(s.get("restartCount", 0) > 0 for s in pods[0].get("status", {}).get("containerStatuses", []))
+
+    wait_until(restarted, what="a restarted container")
+    failed, result, _out = run_capture(rollback_id="rb-prev", phase="failure", evidence_dir=evidence_dir, sources=[
+        {"type": "k8s_logs", "name": "logs", "namespace": namespace, "label_selector": "component=crashing"}])
+    assert not failed, result.get("msg")
+    paths = sorted(f["path"] for f in result["manifest"]["files"])
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["web.log", "web.previous.log"]
+    with open(os.path.join(evidence_dir, "rb-prev", *paths[1].split("/"))) as handle:
+        assert "panic: nil map write in query planner" in handle.read()

@@ -122,6 +122,7 @@ def test_previous_logs_are_fetched_only_for_containers_that_restarted():
            "status": {"containerStatuses": [{"name": "web", "restartCount": 2}, {"name": "sidecar", "restartCount": 0}]}}
     assert ev._log_targets(pod, None, True) == [("init", False), ("web", False), ("web", True), ("sidecar", False)]
     assert ev._log_targets(pod, ["web"], False) == [("web", False)]
+    assert ev._log_targets(pod, ["gone", "web"], False) == [("web", False), ("gone", False)]
 
 
 def test_text_lines_survive_multibyte_characters_split_across_chunks():
