@@ -10,7 +10,9 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import secrets
+import threading
 import time
 
 import pytest
@@ -97,11 +99,12 @@ def canaries():
 
 
 @pytest.fixture(scope="module")
-def rolled_back(kubectl, tmp_path_factory, canaries):
+def rolled_back(kubectl, sandbox_env, tmp_path_factory, canaries):
     """The headline, run once for the module: target_rev=2 on the crash-looping revision 3, at -v.
 
     The workload holds two canaries: a Secret value it reads with secretKeyRef and a literal API_TOKEN env var,
     and it was created with --save-config so its last-applied-configuration annotation carries the literal too.
+    KWOK pods serve nothing, so the sandbox's OPA server stands in for the health endpoint and a smoke check.
     """
     namespace = pb.new_namespace(kubectl, "pbh")
     try:
@@ -111,7 +114,9 @@ def rolled_back(kubectl, tmp_path_factory, canaries):
                                  save_config=True)
         incident = Incident(kubectl, namespace, tmp_path_factory.mktemp("headline"))
         before = incident.versions()
-        run = incident.run(target_rev=2, verbosity=1)
+        health = sandbox_env["SANDBOX_OPA_URL"] + "/health"
+        run = incident.run(target_rev=2, verbosity=1, health_url=health,
+                           smoke_urls=[{"url": health, "status": 200}, {"url": health + "?bundles", "method": "GET"}])
         yield incident, run, before
     finally:
         kubectl("delete", "namespace", namespace, "--wait=false", check=False)
@@ -157,8 +162,9 @@ def test_rollback_to_revision_2_restores_v0_1_1_verified_evidenced_and_receipted
     assert (receipt["incident_id"], receipt["requested_by"]) == ("INC-12345", "oncall")
     assert receipt["signing"]["signed"] is True
     assert receipt["emergency"] is False
-    assert all(receipt["verification"][check] == "pass"
-               for check in ("rollout_complete", "pods_on_target_images", "no_fled_pods_left", "health"))
+    assert all(receipt["verification"][check] == "pass" for check in (
+        "rollout_complete", "pods_on_target_images", "no_fled_pods_left", "health", "contract_smoke"))
+    assert (receipt["verification"]["health_check"], receipt["verification"]["smoke_tests"]) == ("passed", "passed")
 
     # The evidence archive on disk is the one the receipt names, byte for byte.
     archive = receipt["evidence"]["archive"]
@@ -170,6 +176,7 @@ def test_rollback_to_revision_2_restores_v0_1_1_verified_evidenced_and_receipted
     # What AWX keeps as job artifacts (set_stats): the rollback id and the receipt digest.
     stats = run.artifact_data["governed_rollback"]
     assert stats["rollback_id"] == receipt["rollback_id"] == entry["rollback_id"]
+    assert re.match(r"^rollback-[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$", receipt["rollback_id"]), receipt["rollback_id"]
     assert stats["receipt_sha256"] == entry["receipt_sha256"]
     assert stats["outcome"] == "succeeded"
     assert stats["evidence_archive_sha256"] == receipt["evidence"]["archive_sha256"]
@@ -218,6 +225,39 @@ def test_no_secret_value_reaches_evidence_ledger_envelope_or_output(rolled_back,
     assert [n for n in needles if n in run.stdout] == []
     # AWX stores every job event (module arguments and results): the runner's record of the run is clean too.
     assert pb.files_containing(os.path.join(run.artifact_dir, "job_events"), needles) == []
+
+
+def test_two_rollbacks_started_together_on_one_ledger_each_get_their_own_pack_and_receipt(kubectl, namespace, tmp_path):
+    # Two teams (two AWX jobs) roll back two services at the same moment, sharing the evidence store and ledger.
+    other = namespace + "-b"
+    kubectl("create", "namespace", other)
+    try:
+        incidents = [Incident(kubectl, namespace, tmp_path), Incident(kubectl, other, tmp_path)]
+        for number, incident in enumerate(incidents):
+            pb.frontend_with_history(kubectl, incident.namespace)
+            incident.runs = number * 10  # separate runner directories in the shared workdir
+        runs = [None, None]
+
+        def rollback(number):
+            runs[number] = incidents[number].run(target_rev=2)
+
+        threads = [threading.Thread(target=rollback, args=(number,)) for number in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        for run in runs:
+            assert run.status == "successful", run.explain()
+        ids = [run.artifact_data["governed_rollback"]["rollback_id"] for run in runs]
+        assert ids[0] != ids[1]
+        entries = incidents[0].entries()
+        assert sorted(e["rollback_id"] for e in entries) == sorted(ids)
+        assert sorted(e["receipt"]["details"]["namespace"] for e in entries) == sorted([namespace, other])
+        assert len(incidents[0].archives()) == 2
+        assert incidents[0].verify_ledger()["entries"] == 2
+    finally:
+        kubectl("delete", "namespace", other, "--wait=false", check=False)
 
 
 # --- approval ------------------------------------------------------------------------------------------------------
@@ -315,6 +355,26 @@ def test_rollback_whose_target_never_becomes_ready_fails_with_failure_evidence_a
     assert receipt["evidence"]["archive_sha256"] == sha256_file(receipt["evidence"]["archive"])
     assert receipt["verification"]["rollout_complete"] in ("fail", "not_run")
     incident.verify_ledger()
+
+
+def test_rollback_whose_health_endpoint_fails_is_receipted_failed_with_the_check_that_failed(incident, sandbox_env):
+    pb.frontend_with_history(incident.kubectl, incident.namespace)
+
+    run = incident.run(target_rev=2, rollback_id="rollback-unhealthy", health_url=sandbox_env["SANDBOX_OPA_URL"] + "/nope",
+                       deployment_rollback_http_retries=1, deployment_rollback_http_delay=1)
+
+    assert run.status == "failed" and run.count("failures") == 1
+    assert run.failed_tasks[-2:] == ["Assert the rollback is verified", "Stop, escalate; do not attempt further rollbacks"]
+    # The rollout itself happened; the receipt says what was verified and what was not.
+    assert pb.template_image(incident.deployment()) == "aureus/frontend:v0.1.1"
+    receipt = incident.receipt("rollback-unhealthy")
+    assert receipt["outcome"] == "failed"
+    assert receipt["failure"]["task"] == "Assert the rollback is verified"
+    verification = receipt["verification"]
+    assert (verification["health_check"], verification["health"]) == ("failed", "fail")
+    assert (verification["rollout_complete"], verification["pods_on_target_images"]) == ("pass", "pass")
+    assert os.path.exists(os.path.join(incident.evidence_dir, "rollback-unhealthy", "failure", "manifest.json"))
+    assert receipt["evidence"]["archive_sha256"] == sha256_file(receipt["evidence"]["archive"])
 
 
 def test_rollback_of_a_paused_deployment_is_refused_and_changes_nothing(incident):
