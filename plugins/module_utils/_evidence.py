@@ -1092,7 +1092,8 @@ def capture_k8s_logs(ctx, source, writer):
                 raise K8sError(msg)
             raise
         try:
-            filename = "%s/%s%s.log" % (pod_name, container, ".previous" if previous else "")
+            # One flat directory: "_" never occurs in pod names, and a directory per pod costs a mkdir each.
+            filename = "%s_%s%s.log" % (pod_name, container, ".previous" if previous else "")
             with writer.open(source, filename) as sink:
                 return write_redacted_lines(sink, iter_text_lines(response.stream(STREAM_CHUNK)),
                                             ctx.line_redactor())

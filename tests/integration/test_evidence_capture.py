@@ -504,6 +504,6 @@ def test_logs_of_the_previous_container_are_captured_where_a_container_restarted
         {"type": "k8s_logs", "name": "logs", "namespace": namespace, "label_selector": "component=crashing"}])
     assert not failed, result.get("msg")
     paths = sorted(f["path"] for f in result["manifest"]["files"])
-    assert [p.rsplit("/", 1)[1] for p in paths] == ["web.log", "web.previous.log"]
+    assert [p.rsplit("_", 1)[1] for p in paths] == ["web.log", "web.previous.log"]
     with open(os.path.join(evidence_dir, "rb-prev", *paths[1].split("/"))) as handle:
         assert "panic: nil map write in query planner" in handle.read()
