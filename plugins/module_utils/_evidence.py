@@ -30,6 +30,7 @@ import codecs
 import concurrent.futures
 import datetime
 import difflib
+import errno
 import gzip
 import hashlib
 import json
@@ -1112,6 +1113,10 @@ def capture_k8s_logs(ctx, source, writer):
                 errors.append({"pod": pod_name, "container": container, "previous": previous,
                                "error": _redact.redact_text(exc.msg)})
             except Exception as exc:  # pylint: disable=broad-except  # a broken stream must not sink the others
+                if is_storage_error(exc):
+                    for other in futures:
+                        other.cancel()
+                    raise
                 errors.append({"pod": pod_name, "container": container, "previous": previous,
                                "error": _redact.redact_text("%s: %s" % (type(exc).__name__, exc))})
     errors.sort(key=lambda e: (e["pod"], e["container"], e["previous"]))
@@ -1540,9 +1545,15 @@ def capture_phase(ctx, evidence_dir, rollback_id, phase, sources, overwrite=Fals
     }
     write_json_atomic(manifest_path, manifest)
     entries = []
+    aborted = None
     for source in sources:
         entry = _source_entry(source)
         started = datetime.datetime.now(datetime.timezone.utc)
+        if aborted:
+            entry.update(status="failed", error="not captured: the capture stopped at an earlier source (%s)"
+                         % aborted)
+            entries.append(entry)
+            continue
         try:
             detail = CAPTURE_FUNCTIONS[source["type"]](ctx, source, writer) or {}
             entry["status"] = "partial" if detail.get("partial_error") else "ok"
@@ -1555,6 +1566,9 @@ def capture_phase(ctx, evidence_dir, rollback_id, phase, sources, overwrite=Fals
         except Exception as exc:  # pylint: disable=broad-except  # one broken source must not lose the others
             entry["status"] = "failed"
             entry["error"] = _redact.redact_text("%s: %s" % (type(exc).__name__, exc), ctx.known_values())
+            if is_storage_error(exc):
+                # A full or read-only evidence store fails every later source too: stop here, loudly.
+                aborted = "%s: %s" % (source["name"], exc.strerror or exc)
         entry["duration_s"] = round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 3)
         entries.append(entry)
     files = sorted(writer.files, key=lambda r: r["path"])
@@ -1562,9 +1576,10 @@ def capture_phase(ctx, evidence_dir, rollback_id, phase, sources, overwrite=Fals
               for e in entries if e["status"] != "ok"]
     required_failed = [e["name"] for e in failed if e["required"]]
     findings = scan_files(ctx.scanner, pack_dir, [f["path"] for f in files])
+    incomplete = bool(required_failed or aborted)
     manifest.update({
-        "status": "incomplete" if required_failed else "complete",
-        "incomplete": bool(required_failed),
+        "status": "aborted" if aborted else ("incomplete" if required_failed else "complete"),
+        "incomplete": incomplete,
         "required_failed": required_failed,
         "finished_at": utcnow(),
         "files": files,
@@ -1572,8 +1587,26 @@ def capture_phase(ctx, evidence_dir, rollback_id, phase, sources, overwrite=Fals
         "failed_sources": failed,
         "redaction": _redaction_block(ctx, findings, len(files)),
     })
+    if aborted:
+        manifest["aborted"] = aborted
+        try:
+            write_json_atomic(manifest_path, manifest)
+            where = "the manifest says status: aborted"
+        except OSError:
+            where = "the manifest written at the start still says in_progress"
+        raise EvidenceError("the evidence store failed while capturing the %s phase of %s (%s); the phase is "
+                            "incomplete and %s (%s). Free space or fix the store, then capture again with "
+                            "overwrite: true" % (phase, rollback_id, aborted, where, manifest_path))
     write_json_atomic(manifest_path, manifest)
     return manifest
+
+
+STORAGE_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EROFS))
+
+
+def is_storage_error(exc):
+    """An OSError that says the evidence store itself cannot take more (full, over quota, read-only)."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
 
 
 # ---------------------------------------------------------------------------

@@ -27,7 +27,8 @@ description:
   - C(manifest.json) of the phase lists every file with sha256, size, source and capture time, and every source that
     failed with its error. A failed source is recorded and the task goes on, unless the source is C(required).
     The manifest is written with C(incomplete=true) before the first source and rewritten at the end, so a capture
-    that dies half-way never looks complete.
+    that dies half-way never looks complete. A store that fills up (or turns read-only) during the capture stops it
+    at once, fails the task and leaves the phase marked incomplete.
   - With O(finalize=true) the module writes C(diff/) (redacted unified diffs of every Kubernetes object and config
     between the C(before) phase and the C(after) phase, or the C(failure) phase when there is no C(after), and
     C(diff/summary.json) with the changed keys of ConfigMaps and Secrets), then a deterministic
@@ -251,7 +252,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Returns the plan (what each source would capture and where) and writes nothing, not even a directory.
+    details: Returns the plan (what each source would capture and where) and leaves nothing behind, not even a
+      directory (the pre-flight probe file is removed at once).
   diff_mode:
     support: partial
     details: With O(finalize=true), the unified diffs of the pack are returned as the task diff.
@@ -609,6 +611,10 @@ def run(module):
                                             10))))
     except _evidence.EvidenceError as exc:
         failures.append(str(exc))
+    except OSError as exc:
+        # Anything the store refused outside a source (the manifest, diffs, the archive).
+        failures.append("writing the evidence pack under %s failed: %s; the pack is incomplete, fix the store and "
+                        "capture again with overwrite: true" % (pack_dir, exc))
     finally:
         ctx.close()
         # Values of Secrets read during the run: Ansible masks them anywhere in the output.

@@ -507,3 +507,28 @@ def test_logs_of_the_previous_container_are_captured_where_a_container_restarted
     assert [p.rsplit("_", 1)[1] for p in paths] == ["web.log", "web.previous.log"]
     with open(os.path.join(evidence_dir, "rb-prev", *paths[1].split("/"))) as handle:
         assert "panic: nil map write in query planner" in handle.read()
+
+
+def test_an_evidence_store_that_fills_up_half_way_leaves_a_pack_marked_incomplete(app, run_capture):
+    with tempfile.TemporaryDirectory() as tmp:
+        store = os.path.join(tmp, "store")
+        os.mkdir(store)
+        # A real file system that runs out of space: a 512 KiB tmpfs.
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", store], check=True)
+        try:
+            failed, result, _out = run_capture(
+                rollback_id="rb-full", phase="before", evidence_dir=store, min_free_mb=0, sources=[
+                    {"type": "k8s_configmap", "name": "config", "namespace": app["namespace"],
+                     "resource_name": "app-config"},
+                    {"type": "command", "name": "big", "argv": [sys.executable, "-c", "print('x' * (1 << 21))"]},
+                    {"type": "k8s_events", "name": "events", "namespace": app["namespace"]},
+                ])
+            assert failed
+            expected = "the evidence store failed while capturing the before phase of rb-full (big: No space left"
+            assert expected in result["msg"]
+            with open(os.path.join(store, "rb-full", "before", "manifest.json")) as handle:
+                manifest = json.load(handle)
+            assert manifest["incomplete"] is True and manifest["status"] in ("aborted", "in_progress")
+            assert not os.path.exists(os.path.join(store, "rb-full.tar.gz"))
+        finally:
+            subprocess.run(["umount", store], check=True)

@@ -382,3 +382,19 @@ def test_yaml_matches_what_pyyaml_reads_for_a_pod():
     assert yaml.safe_load(text) == pod
     assert "image: aureus/frontend:v0.1.1\n" in text and "status: \"True\"\n" in text
     assert "  annotations:\n    a: |\n      multi\n      line\n" in text
+
+
+def test_a_full_evidence_store_stops_the_capture_and_leaves_it_marked_incomplete(tmp_path, monkeypatch):
+    def disk_full(*_args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setitem(ev.CAPTURE_FUNCTIONS, "command", disk_full)
+    (tmp_path / "f").write_text("x\n")
+    with pytest.raises(ev.EvidenceError, match="evidence store failed while capturing the before phase"):
+        capture(tmp_path, "before", [{"type": "file", "name": "first", "path": str(tmp_path / "f")},
+                                     {"type": "command", "name": "full", "argv": ["true"]},
+                                     {"type": "file", "name": "later", "path": str(tmp_path / "f")}])
+    manifest = json.loads((tmp_path / "evidence/rb-1/before/manifest.json").read_text())
+    assert manifest["status"] == "aborted" and manifest["incomplete"] is True
+    errors = dict((s["name"], s.get("error")) for s in manifest["sources"])
+    assert errors["first"] is None and "No space left" in errors["full"]
+    assert errors["later"].startswith("not captured: the capture stopped at an earlier source")
