@@ -34,6 +34,7 @@ import re
 import tempfile
 import traceback
 
+from ansible_collections.governed.rollback.plugins.module_utils._redact import redact_text, scan_text
 from ansible_collections.governed.rollback.plugins.module_utils._receipt_schema import (
     CONDITIONS,
     PREDICATE_TYPE,
@@ -137,24 +138,10 @@ def receipt_sha256(receipt):
 
 
 # --------------------------------------------------------------------------- secret guard
-# Minimal fail-closed pattern pass: a receipt that looks like it holds a secret is refused, never redacted
-# into something half-true. Messages name the field and the rule, never the value.
+# A receipt that looks like it holds a secret is refused, never redacted into something half-true. The
+# patterns are the collection's one redaction layer (_redact); receipts add a stricter random-string check.
+# Messages name the field and the rule, never the value.
 
-_SECRET_VALUE_RULES = (
-    ("private key block", re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")),
-    ("AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
-    ("JSON web token", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
-    ("bearer token", re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{12,}")),
-    ("authorization header", re.compile(r"(?i)\bauthorization\s*[:=]\s*\S+")),
-    ("credentials in a URL", re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:[^/\s@]+@")),
-    ("password/token assignment", re.compile(
-        r"(?i)\b(?:password|passwd|pwd|passphrase|secret|token|api[_-]?key|access[_-]?key|secret[_-]?key"
-        r"|private[_-]?key|client[_-]?secret)\b\s*[:=]\s*['\"]?[^\s'\"]{3,}")),
-    ("GitHub token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b")),
-    ("Slack token", re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}")),
-    ("Stripe key", re.compile(r"\b[rs]k_live_[A-Za-z0-9]{16,}\b")),
-    ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b")),
-)
 _SECRET_KEY_NAME = re.compile(
     r"(?i)(?:^|[_.-])(?:password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key|credentials?)$")
 # Random base64-like runs: 20+ characters mixing upper case, lower case and digits that switch class as often
@@ -190,7 +177,7 @@ def secret_findings(value, path=""):
 
 
 def _scan_text(text):
-    rules = [name for name, pattern in _SECRET_VALUE_RULES if pattern.search(text)]
+    rules = sorted({finding.rule for finding in scan_text(text)})
     for token in _HIGH_ENTROPY_TOKEN.findall(text):
         if _looks_random(token):
             rules.append("high-entropy string")
@@ -215,12 +202,9 @@ def _looks_random(token):
 
 
 def mask_secret_text(text):
-    """(text with every secret-looking span replaced by [MASKED:<rule>], [rules]) for captured error text."""
-    rules = []
-    for name, pattern in _SECRET_VALUE_RULES:
-        text, count = pattern.subn("[MASKED:%s]" % name, text)
-        if count:
-            rules.append(name)
+    """(text with every secret-looking span masked, [rules]) for captured error text; fails closed."""
+    rules = [finding.rule for finding in scan_text(text)]
+    text = redact_text(text)
 
     def entropy_mask(match):
         token = match.group(0)
@@ -230,6 +214,11 @@ def mask_secret_text(text):
         return "[MASKED:high-entropy string]"
 
     text = _HIGH_ENTROPY_TOKEN.sub(entropy_mask, text)
+    left = sorted({finding.rule for finding in scan_text(text)})
+    if left:
+        # The scanner still sees something the structural masks did not cover: withhold the whole text.
+        rules.extend(left)
+        text = "[MASKED: message withheld, it looked like it held a secret (%s)]" % ", ".join(left)
     return text, sorted(set(rules))
 
 

@@ -291,8 +291,9 @@ def test_receipt_values_that_are_not_secrets_pass_the_guard(signer):
 def test_failure_message_is_masked_not_refused():
     text, rules = R.mask_secret_text("psql: connection to postgresql://aureus:CanaryS3cret@127.0.0.1 failed")
     assert "CanaryS3cret" not in text
-    assert text == "psql: connection to [MASKED:credentials in a URL]127.0.0.1 failed"
-    assert rules == ["credentials in a URL"]
+    # The shared redaction layer (_redact) masks the password and keeps user and host, as in evidence.
+    assert text == "psql: connection to postgresql://aureus:**REDACTED**@127.0.0.1 failed"
+    assert rules == ["Basic Auth Credentials", "url-credentials"]
 
 
 def test_mask_paths_hides_refused_values_for_error_output():

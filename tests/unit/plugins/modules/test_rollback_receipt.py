@@ -207,7 +207,7 @@ def test_secret_looking_value_is_refused_and_never_written_or_echoed(tmp_path, k
         ledger, rollback_id="rollback-20240115-110000", signing_key_path=keys["private"],
         notes="db creds were postgresql://aureus:%s@db:5432/aureus_metadata" % CANARY)])
     failed = run.failed["receipt"]
-    assert "notes looks like credentials in a URL" in failed["msg"]
+    assert "notes looks like Basic Auth Credentials, url-credentials" in failed["msg"]
     assert failed["fields"] == ["notes"]
     assert failed["invocation"]["module_args"]["notes"] == "********"
     assert CANARY not in run.text
@@ -222,7 +222,7 @@ def test_failure_message_with_a_secret_is_masked_and_the_receipt_says_so(tmp_pat
                  "message": "psql: connection to postgresql://aureus:%s@db failed" % CANARY})])
     assert run.failed == {}
     written = run.results["receipt"]["receipt"]
-    assert written["failure"]["message"] == "psql: connection to [MASKED:credentials in a URL]db failed"
+    assert written["failure"]["message"] == "psql: connection to postgresql://aureus:**REDACTED**@db failed"
     assert written["redaction"] == {"status": "masked", "rules": "receipt-secret-guard/v1",
                                     "masked_fields": ["failure.message"]}
     assert run.results["receipt"]["invocation"]["module_args"]["failure"]["message"] == "********"
