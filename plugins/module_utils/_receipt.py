@@ -115,8 +115,10 @@ def format_time(moment):
 
 
 def default_rollback_id(now=None):
-    """The runbook's ROLLBACK_ID: rollback-YYYYmmdd-HHMMSS (UTC)."""
-    return (now or utc_now()).astimezone(datetime.timezone.utc).strftime("rollback-%Y%m%d-%H%M%S")
+    """The runbook's ROLLBACK_ID, rollback-YYYYmmdd-HHMMSS (UTC), plus a random suffix: two rollbacks started
+    in the same second must not share an id (the roles generate the same shape)."""
+    stamp = (now or utc_now()).astimezone(datetime.timezone.utc).strftime("rollback-%Y%m%d-%H%M%S")
+    return "%s-%s" % (stamp, binascii.hexlify(os.urandom(3)).decode("ascii"))
 
 
 # --------------------------------------------------------------------------- canonical JSON and digests

@@ -6,6 +6,7 @@ import datetime
 import json
 import multiprocessing
 import os
+import re
 
 import pytest
 from securesystemslib.dsse import Envelope
@@ -590,3 +591,10 @@ def test_two_processes_appending_at_once_keep_the_chain_valid(ledger):
     assert sorted(state["index"]) == sorted("rollback-p%d-%03d" % (n, i) for n in (1, 2) for i in range(15))
     ids = [json.loads(line)["rollback_id"] for line in read(ledger).splitlines()]
     assert any(a.split("-")[1] != b.split("-")[1] for a, b in zip(ids, ids[1:])), "the appends never interleaved"
+
+
+def test_generated_rollback_ids_follow_the_runbook_and_never_collide_within_a_second():
+    moment = datetime.datetime(2024, 1, 15, 10, 30, 45, tzinfo=datetime.timezone.utc)
+    ids = {R.default_rollback_id(moment) for _ in range(200)}
+    assert len(ids) == 200
+    assert all(re.match(r"^rollback-20240115-103045-[0-9a-f]{6}$", i) for i in ids)
