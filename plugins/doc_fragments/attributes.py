@@ -32,6 +32,20 @@ attributes:
       - governed.rollback.rollback
 """
 
+    ACTIONGROUP_K8S_POSTGRES = r"""
+options: {}
+attributes:
+  action_group:
+    description:
+      - Use C(group/governed.rollback.k8s), C(group/governed.rollback.postgres) or C(group/governed.rollback.rollback)
+        in C(module_defaults) to set defaults for this module.
+    support: full
+    membership:
+      - governed.rollback.k8s
+      - governed.rollback.postgres
+      - governed.rollback.rollback
+"""
+
     ACTIONGROUP_ROLLBACK = r"""
 options: {}
 attributes:

@@ -348,7 +348,9 @@ def normalize_evidence(evidence):
     """{archive, archive_sha256, manifest, manifest_sha256} from an evidence dict.
 
     Accepts the registered result of governed.rollback.evidence_capture (archive_path, archive_sha256,
-    manifest_path, manifest{path, sha256}, evidence_manifest{...}) or a plain dict with the four keys.
+    pack_manifest_path, pack_manifest_sha256, manifest_path, manifest{path, sha256}, evidence_manifest{...}) or a
+    plain dict with the four keys. A finalized pack's manifest (it covers the archive and every phase manifest)
+    is preferred over the last phase's.
     """
     if not evidence:
         return None
@@ -359,8 +361,8 @@ def normalize_evidence(evidence):
     candidates = {
         "archive": ("archive", "archive_path"),
         "archive_sha256": ("archive_sha256",),
-        "manifest": ("manifest", "manifest_path", "path"),
-        "manifest_sha256": ("manifest_sha256", "sha256"),
+        "manifest": ("pack_manifest_path", "manifest", "manifest_path", "path"),
+        "manifest_sha256": ("pack_manifest_sha256", "manifest_sha256", "sha256"),
     }
     result = {}
     for field, names in candidates.items():

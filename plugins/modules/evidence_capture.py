@@ -248,7 +248,7 @@ options:
 extends_documentation_fragment:
   - governed.rollback.k8s_auth
   - governed.rollback.attributes
-  - governed.rollback.attributes.ACTIONGROUP_K8S
+  - governed.rollback.attributes.ACTIONGROUP_K8S_POSTGRES
 attributes:
   check_mode:
     support: full

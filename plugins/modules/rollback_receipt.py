@@ -60,7 +60,9 @@ options:
     type: path
     required: true
   rollback_id:
-    description: Receipt identifier. Defaults to C(rollback-YYYYmmdd-HHMMSS-xxxxxx) (UTC now and a random hex suffix, so two rollbacks started in the same second never share one).
+    description:
+      - Receipt identifier. Defaults to C(rollback-YYYYmmdd-HHMMSS-xxxxxx), UTC now and a random hex suffix, so
+        two rollbacks started in the same second never share one.
     type: str
   rollback_type:
     description: Kind of rollback. Defaults to the approval decision's.

@@ -144,6 +144,15 @@ def test_registered_evidence_capture_result_gives_the_archive_and_manifest_diges
         "archive": "/a.tgz", "archive_sha256": "1" * 64, "manifest": None, "manifest_sha256": None}
 
 
+def test_a_finalized_pack_binds_its_pack_manifest_not_the_last_phase_manifest():
+    registered = {"archive_path": "/ev/r.tar.gz", "archive_sha256": "5" * 64,
+                  "pack_manifest_path": "/ev/r/manifest.json", "pack_manifest_sha256": "7" * 64,
+                  "manifest_path": "/ev/r/after/manifest.json", "manifest": {"sha256": "9" * 64}}
+    assert R.normalize_evidence(registered) == {
+        "archive": "/ev/r.tar.gz", "archive_sha256": "5" * 64,
+        "manifest": "/ev/r/manifest.json", "manifest_sha256": "7" * 64}
+
+
 def test_canonical_hash_ignores_key_order_and_is_rfc8785():
     assert R.canonical({"b": 1, "a": [True, None, "é"]}) == b'{"a":[true,null,"\xc3\xa9"],"b":1}'
     one = {"x": {"b": 2, "a": 1}, "y": "z"}
@@ -595,6 +604,6 @@ def test_two_processes_appending_at_once_keep_the_chain_valid(ledger):
 
 def test_generated_rollback_ids_follow_the_runbook_and_never_collide_within_a_second():
     moment = datetime.datetime(2024, 1, 15, 10, 30, 45, tzinfo=datetime.timezone.utc)
-    ids = {R.default_rollback_id(moment) for _ in range(200)}
+    ids = {R.default_rollback_id(moment) for attempt in range(200)}
     assert len(ids) == 200
     assert all(re.match(r"^rollback-20240115-103045-[0-9a-f]{6}$", i) for i in ids)
