@@ -13,3 +13,7 @@ if not os.path.exists(LINK):
 if COLLECTIONS not in sys.path:
     sys.path.insert(0, COLLECTIONS)
 os.environ.setdefault("ANSIBLE_CONFIG", os.path.join(ROOT, "ansible.cfg"))
+
+# The sandbox fixtures (sandbox_env, kubeconfig, k8s_api, kubectl, namespace) serve tests/sandbox and
+# tests/integration alike.
+pytest_plugins = ["tests.sandbox_fixtures"]

@@ -1,4 +1,4 @@
-"""Fixtures for tests that talk to the real sandbox (API server, PostgreSQL, OPA)."""
+"""Fixtures for tests that talk to the real sandbox (API server, PostgreSQL, OPA); loaded by tests/conftest.py."""
 
 import os
 import subprocess
