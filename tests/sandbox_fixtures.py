@@ -1,7 +1,9 @@
 """Fixtures for tests that talk to the real sandbox (API server, PostgreSQL, OPA); loaded by tests/conftest.py."""
 
+import json
 import os
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -47,3 +49,25 @@ def namespace(kubectl):
     kubectl("create", "namespace", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def get(kubectl, kind, namespace, name):
+    """One object as a dict, read with kubectl."""
+    return json.loads(kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
+
+
+def items(kubectl, kind, namespace, selector=None):
+    """The objects of a kind in a namespace (optionally by label selector), as dicts."""
+    args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
+    return json.loads(kubectl(*args).stdout)["items"]
+
+
+def wait_until(predicate, timeout=90, what="condition", interval=0.3):
+    """Poll predicate until it returns something truthy; fail the test naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))

@@ -9,10 +9,10 @@ import base64
 import json
 import os
 import tarfile
-import time
 import uuid
 
 from tests.sandbox_env import ROOT
+from tests.sandbox_fixtures import get, items, wait_until
 
 CHAOS_LABEL = "pod-container-running-failed.stage.kwok.x-k8s.io"
 CHANGE_CAUSE = "kubernetes.io/change-cause"
@@ -33,25 +33,6 @@ def new_namespace(kubectl, prefix="pb"):
     name = "%s-%s" % (prefix, uuid.uuid4().hex[:8])
     kubectl("create", "namespace", name)
     return name
-
-
-def get(kubectl, kind, namespace, name):
-    return json.loads(kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
-
-
-def items(kubectl, kind, namespace, selector=None):
-    args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
-    return json.loads(kubectl(*args).stdout)["items"]
-
-
-def wait_until(predicate, timeout=90, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
 def _template(name, image, broken, env, secret_env):

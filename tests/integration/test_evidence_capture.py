@@ -16,12 +16,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import uuid
 
 import pytest
 
 from tests.sandbox_env import ROOT
+from tests.sandbox_fixtures import wait_until
 
 VENV_BIN = os.path.dirname(sys.executable)
 
@@ -103,16 +103,6 @@ spec:
       - name: creds
         secret: {secretName: app-secrets}
 """ % {"ns": namespace, "canary": canary, "token": token_canary}
-
-
-def wait_until(predicate, timeout=90, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
 @pytest.fixture

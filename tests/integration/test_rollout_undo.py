@@ -16,6 +16,7 @@ import pytest
 from ansible_collections.governed.rollback.plugins.module_utils import _revisions as rev
 from ansible_collections.governed.rollback.plugins.modules import rollout_undo
 from tests.sandbox_env import ROOT
+from tests.sandbox_fixtures import get, items, wait_until
 
 CHAOS = "pod-container-running-failed.stage.kwok.x-k8s.io"
 VENV_BIN = os.path.dirname(sys.executable)
@@ -63,29 +64,11 @@ def apps(k8s_api):
     return AppsV1Api(k8s_api)
 
 
-def get(kubectl, kind, namespace, name):
-    return json.loads(kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
-
-
-def items(kubectl, kind, namespace):
-    return json.loads(kubectl("get", kind, "-n", namespace, "-o", "json").stdout)["items"]
-
-
-def wait_until(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-
-
 def wait_observed(kubectl, kind, namespace, name):
     def observed():
         obj = get(kubectl, kind, namespace, name)
         return obj["status"].get("observedGeneration", 0) >= obj["metadata"]["generation"]
-    wait_until(observed, what="%s/%s to be observed" % (kind, name))
+    wait_until(observed, timeout=60, what="%s/%s to be observed" % (kind, name))
 
 
 def pod_template(labels, image, broken=False):
@@ -331,7 +314,8 @@ def test_rollback_of_a_paused_deployment_is_refused_and_changes_nothing(kubectl,
 
 def test_rollback_to_a_pruned_revision_is_refused_listing_what_is_left(kubectl, run_module, namespace):
     workload_with_history(kubectl, namespace, ["app:v1", "app:v2", "app:v3", "app:v4"], history_limit=1)
-    wait_until(lambda: sorted(replicasets_by_revision(kubectl, namespace)) == [3, 4], what="pruning to 1 old revision")
+    wait_until(lambda: sorted(replicasets_by_revision(kubectl, namespace)) == [3, 4], timeout=60,
+               what="pruning to 1 old revision")
     before = get(kubectl, "deployment", namespace, "web")["metadata"]["resourceVersion"]
 
     failed, result = run_module(namespace=namespace, name="web", to_revision=1)
