@@ -6,8 +6,11 @@
 The predicate follows ``kubectl rollout status`` for Deployments, StatefulSets and DaemonSets, with two
 differences that matter after a rollback: a ``ProgressDeadlineExceeded`` condition older than our patch is
 ignored (the controller keeps a stale one until it sees progress, so kubectl reports a successful undo as failed),
-and a fresh one fails at once instead of burning the whole timeout. The wait loop takes a fetch function, so it
-is tested with plain dicts and driven by the module with a real API client.
+and a fresh one fails at once instead of burning the whole timeout. The wait loop also keeps the Deployment's
+progress deadline itself: after a rollback to an existing ReplicaSet the controller can miss the rollout's only
+sign of progress (its status goes from 2 updated of 2 straight to 1 updated of 3) and then never marks the
+Deployment ``ProgressDeadlineExceeded``, so ``kubectl rollout status`` waits until its own timeout. The wait loop
+takes a fetch function, so it is tested with plain dicts and driven by the module with a real API client.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -197,15 +200,66 @@ def poll_interval(elapsed):
     return 0.5 if elapsed < 30 else 2.0
 
 
+# How long past progressDeadlineSeconds the wait lets the controller record the timeout itself before saying so.
+DEADLINE_GRACE_SECONDS = 2.0
+
+
+class ProgressClock:
+    """When a Deployment last made progress, by the controller's own measure, seen from the waiting side.
+
+    Progress is what the deployment controller counts as progress between two looks at the status: more updated,
+    ready or available replicas, or fewer old ones. Only statuses that reflect the rolled-back template count
+    (observedGeneration caught up). The clock starts at the rollback's patch (the first poll). ``overdue`` is how
+    long the rollout has gone without progress beyond ``spec.progressDeadlineSeconds``, or None while within it.
+    """
+
+    def __init__(self, started):
+        self.since = started
+        self.previous = None
+
+    @staticmethod
+    def _counts(obj):
+        status = obj.get("status") or {}
+        total = status.get("replicas") or 0
+        updated = status.get("updatedReplicas") or 0
+        return (updated, status.get("readyReplicas") or 0, status.get("availableReplicas") or 0, -(total - updated))
+
+    def observe(self, obj, now):
+        meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+        if (meta.get("generation") or 0) > (status.get("observedGeneration") or 0):
+            return
+        counts = self._counts(obj)
+        if self.previous is not None and any(new > old for new, old in zip(counts, self.previous)):
+            self.since = now
+        self.previous = counts
+
+    def overdue(self, obj, now):
+        deadline = (obj.get("spec") or {}).get("progressDeadlineSeconds")
+        if not deadline or (obj.get("spec") or {}).get("paused"):
+            return None
+        late = now - self.since - deadline
+        return late if late > DEADLINE_GRACE_SECONDS else None
+
+
+def _missed_deadline(obj, stalled_for):
+    name = (obj.get("metadata") or {}).get("name")
+    deadline = obj["spec"]["progressDeadlineSeconds"]
+    return ("deployment %r exceeded its progress deadline: no progress for %ds (progressDeadlineSeconds is %d); "
+            "the controller has not marked it %s (it can miss the progress of a rollback to an existing "
+            "ReplicaSet), so the wait enforced the deadline itself" % (name, stalled_for, deadline, TIMED_OUT_REASON))
+
+
 def wait_for_rollout(fetch, kind, timeout, patched_at=None, uid=None, clock=time.monotonic, sleep=time.sleep,
                      interval=poll_interval):
     """Poll ``fetch()`` until the rollout is done, has failed, the object is gone, or ``timeout`` seconds pass.
 
     ``fetch`` returns the workload as a dict, or None once it no longer exists. ``uid`` detects an object that was
-    deleted and re-created under the same name.
+    deleted and re-created under the same name. A Deployment that makes no progress for longer than its
+    ``progressDeadlineSeconds`` fails even when the controller has not said so (see the module docstring).
     """
     start = clock()
     last_obj = None
+    progress = ProgressClock(start)
     while True:
         obj = fetch()
         if obj is None:
@@ -219,7 +273,12 @@ def wait_for_rollout(fetch, kind, timeout, patched_at=None, uid=None, clock=time
         last = rollout_state(kind, obj, patched_at)
         if last.state != PROGRESSING:
             return WaitResult(last.state, last.message, clock() - start, obj)
-        elapsed = clock() - start
+        now = clock()
+        elapsed = now - start
+        if kind == "Deployment":
+            progress.observe(obj, now)
+            if progress.overdue(obj, now) is not None:
+                return WaitResult(FAILED, _missed_deadline(obj, now - progress.since), elapsed, obj)
         if elapsed >= timeout:
             return WaitResult(TIMEOUT, "timed out after %ds: %s" % (timeout, last.message), elapsed, obj)
         sleep(max(0.0, min(interval(elapsed), timeout - elapsed)))

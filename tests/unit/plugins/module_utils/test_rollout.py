@@ -237,3 +237,51 @@ def test_wait_detects_delete_and_recreate_under_the_same_name():
     result = ro.wait_for_rollout(sequence(replaced), "Deployment", timeout=60, uid="u1", clock=clock,
                                  sleep=clock.sleep)
     assert result.state == ro.DELETED and "re-created" in result.reason
+
+
+# --- the progress deadline the controller did not record --------------------------------------------------------
+
+
+def stuck_after_rollback(**kwargs):
+    """What the sandbox's controller left behind: status jumped from 2/2 updated to 1 of 3, condition never moved."""
+    cond = [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+             "lastUpdateTime": stamp(-600), "lastTransitionTime": stamp(-600)}]
+    fields = dict(replicas=2, total=3, updated=1, available=2, conditions=cond, progressDeadlineSeconds=8)
+    fields.update(kwargs)
+    return deployment(**fields)
+
+
+def test_wait_enforces_the_progress_deadline_the_controller_missed():
+    clock = FakeClock()
+    result = ro.wait_for_rollout(sequence(stuck_after_rollback()), "Deployment", timeout=120, patched_at=PATCHED_AT,
+                                 clock=clock, sleep=clock.sleep)
+    assert result.state == ro.FAILED
+    assert "exceeded its progress deadline: no progress for 10s (progressDeadlineSeconds is 8)" in result.reason
+    assert "has not marked it ProgressDeadlineExceeded" in result.reason
+    # The controller gets DEADLINE_GRACE_SECONDS to say so itself first.
+    assert 8 + ro.DEADLINE_GRACE_SECONDS < clock.now <= 8 + ro.DEADLINE_GRACE_SECONDS + 0.5
+
+
+def test_progress_restarts_the_deadline():
+    clock = FakeClock()
+    steps = [stuck_after_rollback()] * 14 + [stuck_after_rollback(updated=2, total=4)] * 14 + [
+        deployment(replicas=2, updated=2, total=2, available=2, progressDeadlineSeconds=8)]
+    result = ro.wait_for_rollout(sequence(*steps), "Deployment", timeout=120, clock=clock, sleep=clock.sleep)
+    # 7 s stalled, progress, 7 s stalled again, then done: never 8 s without progress.
+    assert result.state == ro.DONE and clock.now == 14.0
+
+
+def test_a_status_from_before_the_patch_is_not_progress():
+    clock = FakeClock()
+    unobserved = stuck_after_rollback(generation=3, observed=2, updated=2, total=2, available=2)
+    steps = [unobserved] * 6 + [stuck_after_rollback(generation=3, observed=3)]
+    result = ro.wait_for_rollout(sequence(*steps), "Deployment", timeout=120, clock=clock, sleep=clock.sleep)
+    assert result.state == ro.FAILED and "no progress for 10s" in result.reason
+
+
+def test_without_a_progress_deadline_the_wait_runs_to_its_timeout():
+    clock = FakeClock()
+    no_deadline = stuck_after_rollback()
+    del no_deadline["spec"]["progressDeadlineSeconds"]
+    result = ro.wait_for_rollout(sequence(no_deadline), "Deployment", timeout=30, clock=clock, sleep=clock.sleep)
+    assert result.state == ro.TIMEOUT and clock.now == 30
