@@ -49,8 +49,10 @@ from ansible.module_utils.common.yaml import HAS_YAML, SafeLoader
 from ansible_collections.governed.rollback.plugins.module_utils import _redact
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
     HAS_K8S,
+    RESOURCE_PATHS,
     ApiException,
     K8sError,
+    KubeRest,
     api_message,
     explain_api_exception,
 )
@@ -88,7 +90,6 @@ SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MIB = 1024 * 1024
 STREAM_CHUNK = 64 * 1024
 K8S_PAGE_SIZE = 200
-K8S_TIMEOUT = (10, 120)
 MAX_CHANGED_FIELDS = 50
 YAML_BATCH = 50
 
@@ -786,39 +787,14 @@ def _api_error(exc, verb, resource, namespace, name=None):
     return error
 
 
-class KubeReader(object):
-    """Raw GETs through the shared ApiClient: plain dicts, lists paged, logs streamed.
+class KubeReader(KubeRest):
+    """Raw GETs (see KubeRest): plain dicts, lists paged, logs streamed."""
 
-    The typed API classes of the kubernetes client import hundreds of pydantic models
-    (about a second); evidence needs plain JSON, so requests go straight to the REST paths.
-    """
-
-    PATHS = {
-        "Pod": "/api/v1/namespaces/{namespace}/pods",
-        "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
-        "Secret": "/api/v1/namespaces/{namespace}/secrets",
-        "Event": "/api/v1/namespaces/{namespace}/events",
-        "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
-        "StatefulSet": "/apis/apps/v1/namespaces/{namespace}/statefulsets",
-        "DaemonSet": "/apis/apps/v1/namespaces/{namespace}/daemonsets",
-        "ReplicaSet": "/apis/apps/v1/namespaces/{namespace}/replicasets",
-        "ControllerRevision": "/apis/apps/v1/namespaces/{namespace}/controllerrevisions",
-        "HorizontalPodAutoscaler": "/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers",
-    }
-
-    def __init__(self, api_client):
-        self.api = api_client
+    PATHS = RESOURCE_PATHS
 
     def _open(self, path, path_params, query=None):
         """The urllib3 response of a GET, not yet read; an ApiException for any non-2xx status."""
-        method, url, headers, _body, _post = self.api.param_serialize(
-            "GET", path, path_params=path_params, query_params=query or [],
-            header_params={"Accept": "application/json, */*"}, auth_settings=["BearerToken"])
-        response = self.api.call_api(method, url, headers, _request_timeout=K8S_TIMEOUT)
-        if not 200 <= response.status <= 299:
-            response.read()
-            raise ApiException(http_resp=response)
-        return response.response
+        return self.open("GET", path, path_params, query)
 
     @staticmethod
     def _json(response):

@@ -377,12 +377,12 @@ resource_version_after:
 """
 
 import datetime
-import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
-    FIELD_MANAGER, K8S_AUTH_ARG_SPEC, ApiException, K8sError, build_api_client, explain_api_exception, require_k8s,
+    FIELD_MANAGER, K8S_AUTH_ARG_SPEC, ApiException, K8sError, KubeRest, build_api_client, explain_api_exception,
+    require_k8s,
 )
 from ansible_collections.governed.rollback.plugins.module_utils._revisions import (
     RollbackRefused, check_kind, describe, fled_marks, mask_patch, mask_template, normalize_template,
@@ -392,30 +392,21 @@ from ansible_collections.governed.rollback.plugins.module_utils._rollout import 
     FAILED, WaitResult, patch_time, wait_for_rollout,
 )
 
-try:
-    from kubernetes.client import AppsV1Api, CoreV1Api
-except ImportError:  # pragma: no cover - require_k8s reports it
-    AppsV1Api = CoreV1Api = None
-
-# kind -> (plural resource for messages, client method suffix, history resource, history method suffix)
+# kind -> (plural resource for messages, history kind, history resource for messages)
 KINDS = {
-    "Deployment": ("deployments.apps", "deployment", "replicasets.apps", "replica_set"),
-    "StatefulSet": ("statefulsets.apps", "stateful_set", "controllerrevisions.apps", "controller_revision"),
-    "DaemonSet": ("daemonsets.apps", "daemon_set", "controllerrevisions.apps", "controller_revision"),
+    "Deployment": ("deployments.apps", "ReplicaSet", "replicasets.apps"),
+    "StatefulSet": ("statefulsets.apps", "ControllerRevision", "controllerrevisions.apps"),
+    "DaemonSet": ("daemonsets.apps", "ControllerRevision", "controllerrevisions.apps"),
 }
 JSON_PATCH = "application/json-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 
 
-def _body(response):
-    return json.loads(response.data)
-
-
 def _call(what, verb, resource, namespace, name, method, *args, **kwargs):
-    """One API call returning the raw JSON; API errors become RollbackRefused (403/404) or K8sError."""
+    """One API call returning the decoded JSON; API errors become RollbackRefused (403/404) or K8sError."""
     try:
-        return _body(method(*args, _preload_content=False, **kwargs))
+        return method(*args, **kwargs)
     except ApiException as exc:
         error = explain_api_exception(exc, verb, resource, namespace, name)
         if error.status == 403:
@@ -426,39 +417,38 @@ def _call(what, verb, resource, namespace, name, method, *args, **kwargs):
         raise error
 
 
-def read_workload(apps, kind, namespace, name):
-    resource, suffix = KINDS[kind][0], KINDS[kind][1]
-    return _call(describe(kind, namespace, name), "get", resource, namespace, name,
-                 getattr(apps, "read_namespaced_" + suffix), name, namespace)
+def read_workload(api, kind, namespace, name):
+    return _call(describe(kind, namespace, name), "get", KINDS[kind][0], namespace, name, api.get, kind, namespace,
+                 name)
 
 
-def read_history(apps, kind, workload):
+def read_history(api, kind, workload):
     """The raw history objects: listed with the workload's full selector (ownership is checked by the planner)."""
     meta = workload["metadata"]
-    resource, suffix = KINDS[kind][2], KINDS[kind][3]
+    history_kind, resource = KINDS[kind][1], KINDS[kind][2]
     selector = selector_to_string((workload.get("spec") or {}).get("selector"))
     listing = _call(describe(kind, meta["namespace"], meta["name"]), "list", resource, meta["namespace"], None,
-                    getattr(apps, "list_namespaced_" + suffix), meta["namespace"], label_selector=selector)
+                    api.list_page, history_kind, meta["namespace"], [("labelSelector", selector)])
     return listing.get("items") or []
 
 
-def read_state(apps, kind, namespace, name):
+def read_state(api, kind, namespace, name):
     """Read the workload and its history: everything the plan is computed from."""
-    workload = read_workload(apps, kind, namespace, name)
-    return workload, read_history(apps, kind, workload)
+    workload = read_workload(api, kind, namespace, name)
+    return workload, read_history(api, kind, workload)
 
 
-def observe_pods(apps, kind, namespace, name):
+def observe_pods(api, kind, namespace, name):
     """After the rollout: the workload's live pods, mapped to the (re-read, renumbered) history."""
-    workload, history_items = read_state(apps, kind, namespace, name)
+    workload, history_items = read_state(api, kind, namespace, name)
     selector = selector_to_string((workload.get("spec") or {}).get("selector"))
     listing = _call(describe(kind, namespace, name), "list", "pods", namespace, None,
-                    CoreV1Api(apps.api_client).list_namespaced_pod, namespace, label_selector=selector)
+                    api.list_page, "Pod", namespace, [("labelSelector", selector)])
     history = build_history(kind, workload, history_items)
     return pod_summaries(kind, workload, history, listing.get("items") or [])
 
 
-def _changed_since_read(apps, plan, error):
+def _changed_since_read(api, plan, error):
     """Whether a refused patch failed on our resourceVersion precondition.
 
     A strategic-merge precondition fails with 409; a failed JSON-patch ``test`` comes back as a bare 422 ("the
@@ -469,24 +459,20 @@ def _changed_since_read(apps, plan, error):
     if error.status != 422:
         return False
     try:
-        now = read_workload(apps, plan.kind, plan.namespace, plan.name)
+        now = read_workload(api, plan.kind, plan.namespace, plan.name)
     except (RollbackRefused, K8sError):
         return False
     return now["metadata"].get("resourceVersion") != plan.resource_version
 
 
-def send_patch(apps, plan, dry_run=False):
+def send_patch(api, plan, dry_run=False):
     """Apply (or dry-run) the plan's patch; a concurrent change since the read is refused as a conflict."""
-    resource, suffix = KINDS[plan.kind][0], KINDS[plan.kind][1]
-    kwargs = {"field_manager": FIELD_MANAGER,
-              "_content_type": JSON_PATCH if plan.kind == "Deployment" else STRATEGIC_MERGE_PATCH}
-    if dry_run:
-        kwargs["dry_run"] = "All"
+    content_type = JSON_PATCH if plan.kind == "Deployment" else STRATEGIC_MERGE_PATCH
     try:
-        return _call(plan.what, "patch", resource, plan.namespace, plan.name,
-                     getattr(apps, "patch_namespaced_" + suffix), plan.name, plan.namespace, plan.patch, **kwargs)
+        return _call(plan.what, "patch", KINDS[plan.kind][0], plan.namespace, plan.name, api.patch, plan.kind,
+                     plan.namespace, plan.name, plan.patch, content_type, dry_run=dry_run)
     except K8sError as error:
-        if _changed_since_read(apps, plan, error):
+        if _changed_since_read(api, plan, error):
             raise RollbackRefused(
                 "conflict: %s changed after it was read (resourceVersion %s) and before the rollback patch; nothing "
                 "was overwritten and nothing changed. Find out who changed it, then re-run to re-read and re-plan"
@@ -494,20 +480,19 @@ def send_patch(apps, plan, dry_run=False):
         raise
 
 
-def annotate_history(apps, kind, namespace, name, annotations):
+def annotate_history(api, kind, namespace, name, annotations):
     """Merge-patch annotations onto a ReplicaSet or ControllerRevision (bookkeeping, never the rollback itself)."""
-    resource, suffix = KINDS[kind][2], KINDS[kind][3]
-    return _call("%s %s/%s" % (resource, namespace, name), "patch", resource, namespace, name,
-                 getattr(apps, "patch_namespaced_" + suffix), name, namespace,
-                 {"metadata": {"annotations": annotations}}, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
+    history_kind, resource = KINDS[kind][1], KINDS[kind][2]
+    return _call("%s %s/%s" % (resource, namespace, name), "patch", resource, namespace, name, api.patch,
+                 history_kind, namespace, name, {"metadata": {"annotations": annotations}}, MERGE_PATCH)
 
 
-def fetcher(apps, kind, namespace, name):
+def fetcher(api, kind, namespace, name):
     """fetch() for the wait loop: the workload, or None once it is gone."""
 
     def fetch():
         try:
-            return read_workload(apps, kind, namespace, name)
+            return read_workload(api, kind, namespace, name)
         except RollbackRefused as refused:
             if refused.code == "not_found":
                 return None
@@ -521,14 +506,14 @@ def _utc_stamp(when):
     return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def bookkeeping(apps, plan, patched, params):
+def bookkeeping(api, plan, patched, params):
     """Mark the revision fled and, for ControllerRevisions, keep the old number and change-cause on the target."""
     warnings = []
     marked = None
     when = _utc_stamp(patch_time(patched, FIELD_MANAGER))
     if params["mark_fled"] and plan.current is not None and plan.current is not plan.target:
         try:
-            annotate_history(apps, plan.kind, plan.namespace, plan.current.name,
+            annotate_history(api, plan.kind, plan.namespace, plan.current.name,
                              fled_marks(plan.current, when, params.get("actor"), params.get("incident_id")))
             marked = plan.current.name
         except (RollbackRefused, K8sError) as error:
@@ -539,7 +524,7 @@ def bookkeeping(apps, plan, patched, params):
         marks = renumber_marks(plan.target)
         marks[CHANGE_CAUSE_ANNOTATION] = plan.change_cause
         try:
-            annotate_history(apps, plan.kind, plan.namespace, plan.target.name, marks)
+            annotate_history(api, plan.kind, plan.namespace, plan.target.name, marks)
         except (RollbackRefused, K8sError) as error:
             warnings.append("could not record the change-cause on %s: %s" % (plan.target.name,
                                                                              getattr(error, "msg", error)))
@@ -571,10 +556,10 @@ class Outcome(object):
         return self
 
 
-def _wait(apps, plan, params, outcome, patched_at=None, uid=None):
+def _wait(api, plan, params, outcome, patched_at=None, uid=None):
     started = time.monotonic()
     try:
-        waited = wait_for_rollout(fetcher(apps, plan.kind, plan.namespace, plan.name), plan.kind,
+        waited = wait_for_rollout(fetcher(api, plan.kind, plan.namespace, plan.name), plan.kind,
                                   params["wait_timeout"], patched_at=patched_at, uid=uid)
     except (RollbackRefused, K8sError) as error:
         waited = WaitResult(FAILED, "could not read %s while waiting: %s" % (plan.what, getattr(error, "msg", error)),
@@ -584,9 +569,9 @@ def _wait(apps, plan, params, outcome, patched_at=None, uid=None):
     return waited
 
 
-def _observe(apps, plan, outcome):
+def _observe(api, plan, outcome):
     try:
-        outcome.result["pods"] = observe_pods(apps, plan.kind, plan.namespace, plan.name)
+        outcome.result["pods"] = observe_pods(api, plan.kind, plan.namespace, plan.name)
     except (RollbackRefused, K8sError) as error:
         outcome.result["rollback_warnings"].append("could not list the pods of %s after the rollout: %s"
                                                    % (plan.what, getattr(error, "msg", error)))
@@ -601,14 +586,14 @@ def _diff(plan, workload):
     }
 
 
-def execute(apps, params, check_mode=False, diff=False):
+def execute(api, params, check_mode=False, diff=False):
     """Read, plan, patch (or dry-run), mark, wait. Returns an Outcome; never raises for API or plan problems."""
     kind, namespace, name = params["kind"], params["namespace"], params["name"]
     outcome = Outcome(kind, namespace, name)
     result = outcome.result
     try:
         check_kind(kind)
-        workload, items = read_state(apps, kind, namespace, name)
+        workload, items = read_state(api, kind, namespace, name)
         outcome.timings["read"] = time.monotonic() - outcome.started
         result["resource_version_before"] = result["resource_version_after"] = workload["metadata"]["resourceVersion"]
         result["selector"] = selector_to_string((workload.get("spec") or {}).get("selector") or {})
@@ -631,19 +616,19 @@ def execute(apps, params, check_mode=False, diff=False):
     if plan.skipped_reason:
         result["skipped_reason"] = plan.skipped_reason
         if params["wait"] and not check_mode:
-            waited = _wait(apps, plan, params, outcome, uid=workload["metadata"].get("uid"))
+            waited = _wait(api, plan, params, outcome, uid=workload["metadata"].get("uid"))
             if not waited.done:
                 outcome.fail("%s already runs revision %d, but its rollout is not complete: %s"
                              % (plan.what, plan.target.number, waited.reason))
         if not check_mode:
-            _observe(apps, plan, outcome)
+            _observe(api, plan, outcome)
         return outcome.close()
 
     result["patch"] = mask_patch(kind, plan.patch)
     result["change_cause"] = plan.change_cause
     patch_started = time.monotonic()
     try:
-        patched = send_patch(apps, plan, dry_run=check_mode)
+        patched = send_patch(api, plan, dry_run=check_mode)
     except RollbackRefused as refused:
         return outcome.fail(refused.msg, refused=refused.code).close()
     except K8sError as error:
@@ -657,18 +642,18 @@ def execute(apps, params, check_mode=False, diff=False):
         return outcome.close()
 
     result["resource_version_after"] = patched["metadata"]["resourceVersion"]
-    result["fled_marked"], warnings = bookkeeping(apps, plan, patched, params)
+    result["fled_marked"], warnings = bookkeeping(api, plan, patched, params)
     result["rollback_warnings"].extend(warnings)
     outcome.timings["patch"] = time.monotonic() - patch_started
 
     if params["wait"]:
-        waited = _wait(apps, plan, params, outcome, patch_time(patched, FIELD_MANAGER),
+        waited = _wait(api, plan, params, outcome, patch_time(patched, FIELD_MANAGER),
                        patched["metadata"].get("uid"))
         if not waited.done:
             outcome.fail("%s was rolled back from revision %s to %d, but the rollout did not complete (%s): %s"
                          % (plan.what, plan.current.number if plan.current else "?", plan.target.number,
                             waited.state, waited.reason))
-    _observe(apps, plan, outcome)
+    _observe(api, plan, outcome)
     return outcome.close()
 
 
@@ -691,10 +676,10 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     require_k8s(module)
     try:
-        apps = AppsV1Api(build_api_client(module.params))
+        api = KubeRest(build_api_client(module.params))
     except K8sError as error:
         module.fail_json(msg=error.msg)
-    outcome = execute(apps, module.params, module.check_mode, module._diff)
+    outcome = execute(api, module.params, module.check_mode, module._diff)
     for warning in outcome.result["rollback_warnings"]:
         module.warn(warning)
     if outcome.failed_msg:

@@ -58,10 +58,10 @@ def twin_namespace(kubectl, namespace):
 
 
 @pytest.fixture
-def apps(k8s_api):
-    from kubernetes.client import AppsV1Api
+def api(k8s_api):
+    from ansible_collections.governed.rollback.plugins.module_utils._k8s import KubeRest
 
-    return AppsV1Api(k8s_api)
+    return KubeRest(k8s_api)
 
 
 def wait_observed(kubectl, kind, namespace, name):
@@ -278,14 +278,14 @@ def test_check_mode_changes_nothing_and_returns_a_plan(kubectl, run_module, name
         (n, rs["metadata"]["resourceVersion"]) for n, rs in rs_before.items())
 
 
-def test_check_mode_with_an_invalid_patch_is_refused_by_the_server(kubectl, apps, namespace):
+def test_check_mode_with_an_invalid_patch_is_refused_by_the_server(kubectl, api, namespace):
     """The dry run is real: the API server validates the patch, so a plan that cannot apply fails in check mode."""
     workload_with_history(kubectl, namespace, ["app:v1", "app:v2"])
-    workload, history_items = rollout_undo.read_state(apps, "Deployment", namespace, "web")
+    workload, history_items = rollout_undo.read_state(api, "Deployment", namespace, "web")
     plan = rev.plan_rollback("Deployment", workload, history_items)
     plan.patch[1]["value"]["metadata"]["labels"] = {"app": "something-else"}  # no longer matches the selector
     with pytest.raises(rollout_undo.K8sError, match="invalid"):
-        rollout_undo.send_patch(apps, plan, dry_run=True)
+        rollout_undo.send_patch(api, plan, dry_run=True)
     assert get(kubectl, "deployment", namespace, "web")["metadata"]["resourceVersion"] == \
         workload["metadata"]["resourceVersion"]
 
@@ -409,16 +409,16 @@ def test_missing_patch_permission_is_refused_naming_verb_and_resource(kubectl, r
 
 
 @pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
-def test_concurrent_change_between_read_and_patch_fails_cleanly(kubectl, apps, namespace, kind):
+def test_concurrent_change_between_read_and_patch_fails_cleanly(kubectl, api, namespace, kind):
     workload_with_history(kubectl, namespace, ["app:v1", "app:v2"], kind=kind)
-    workload, history_items = rollout_undo.read_state(apps, kind, namespace, "web")
+    workload, history_items = rollout_undo.read_state(api, kind, namespace, "web")
     plan = rev.plan_rollback(kind, workload, history_items, actor="alice")
     # Someone else releases v3 after our read.
     release(kubectl, kind, namespace, "web", {"app": "web"}, "app:v3")
     theirs = get(kubectl, kind, namespace, "web")
 
     with pytest.raises(rev.RollbackRefused) as info:
-        rollout_undo.send_patch(apps, plan)
+        rollout_undo.send_patch(api, plan)
 
     assert info.value.code == "conflict"
     assert "changed after it was read (resourceVersion %s)" % workload["metadata"]["resourceVersion"] in info.value.msg
