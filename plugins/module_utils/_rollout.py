@@ -9,8 +9,10 @@ ignored (the controller keeps a stale one until it sees progress, so kubectl rep
 and a fresh one fails at once instead of burning the whole timeout. The wait loop also keeps the Deployment's
 progress deadline itself: after a rollback to an existing ReplicaSet the controller can miss the rollout's only
 sign of progress (its status goes from 2 updated of 2 straight to 1 updated of 3) and then never marks the
-Deployment ``ProgressDeadlineExceeded``, so ``kubectl rollout status`` waits until its own timeout. The wait loop
-takes a fetch function, so it is tested with plain dicts and driven by the module with a real API client.
+Deployment ``ProgressDeadlineExceeded`` (its timeout check skips a condition still reading ``NewReplicaSetAvailable``,
+kubernetes/kubernetes#52127; the symptom is kubernetes/kubernetes#40496), so ``kubectl rollout status`` waits until
+its own timeout. The wait loop takes a fetch function, so it is tested with plain dicts and driven by the module
+with a real API client.
 """
 
 from __future__ import absolute_import, division, print_function
