@@ -326,8 +326,8 @@ def controller_manager_frozen(sandbox_env):
         os.kill(pid, signal.SIGCONT)
 
 
-def test_rollback_while_the_controller_has_not_observed_the_spec_is_refused(kubectl, run_module, namespace,
-                                                                             sandbox_env):
+def test_rollback_while_the_controller_has_not_observed_the_spec_is_refused(
+        kubectl, run_module, namespace, sandbox_env):
     workload_with_history(kubectl, namespace, ["app:v1", "app:v2"])
     with controller_manager_frozen(sandbox_env):
         kubectl("scale", "deployment/web", "-n", namespace, "--replicas=3")
