@@ -184,6 +184,8 @@ def test_rollback_to_revision_2_restores_v0_1_1_verified_evidenced_and_receipted
     # The one-screen summary.
     assert "revision 3 (aureus/frontend:v0.1.2) -> 2 (aureus/frontend:v0.1.1)" in run.stdout
     assert "receipt: %s seq 1 sha256:%s" % (receipt["rollback_id"], entry["receipt_sha256"]) in run.stdout
+    assert run.task_result("Summary")["msg"][-1] == ("verification: rollout_complete True, pods_on_target_images True, "
+                                                     "no_fled_pods_left True, health_check passed, smoke_tests passed")
 
 
 def test_running_the_same_rollback_again_changes_nothing(rolled_back):
@@ -354,6 +356,9 @@ def test_rollback_whose_target_never_becomes_ready_fails_with_failure_evidence_a
     assert os.path.exists(failure_manifest)
     assert receipt["evidence"]["archive_sha256"] == sha256_file(receipt["evidence"]["archive"])
     assert receipt["verification"]["rollout_complete"] in ("fail", "not_run")
+    assert run.task_result("Summary")["msg"][-1].startswith(
+        "stopped at Roll back and wait for the rollout: deployment %s/%s was rolled back from revision 3 to 2, but the "
+        "rollout did not complete (timeout)" % (incident.namespace, NAME))
     incident.verify_ledger()
 
 
@@ -431,3 +436,4 @@ def test_check_mode_shows_the_plan_and_changes_nothing(incident):
     assert "PLANNED (check mode: nothing was changed" in summary[0]
     assert "revision 3 (aureus/frontend:v0.1.2) -> 2 (aureus/frontend:v0.1.1)" in summary[1]
     assert "approval: deployment_last" == summary[2]
+    assert summary[-1] == "verification: not run (check mode)"
