@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import subprocess
 import threading
 import time
 
@@ -396,6 +397,32 @@ def test_rollback_of_a_paused_deployment_is_refused_and_changes_nothing(incident
     receipt = incident.receipt("rollback-paused")
     assert receipt["outcome"] == "failed"
     assert "paused" in receipt["failure"]["message"]
+
+
+def test_unwritable_evidence_dir_stops_the_rollback_before_anything_changes(incident):
+    pb.frontend_with_history(incident.kubectl, incident.namespace)
+    before = incident.settled_versions()
+    os.mkdir(incident.evidence_dir)
+    # Root ignores permission bits; the immutable attribute stops even root.
+    subprocess.run(["chattr", "+i", incident.evidence_dir], check=True)
+    try:
+        run = incident.run(target_rev=2, rollback_id="rollback-locked-evidence")
+        assert os.listdir(incident.evidence_dir) == []
+    finally:
+        subprocess.run(["chattr", "-i", incident.evidence_dir], check=True)
+
+    assert run.status == "failed" and run.count("failures") == 1
+    assert run.failed_tasks == ["Pre-flight, the evidence directory is writable before anything changes",
+                                "Stop, escalate; do not attempt further rollbacks"]
+    preflight = run.task_result("Pre-flight, the evidence directory is writable before anything changes")
+    assert preflight["msg"].startswith("evidence directory %s is not writable (" % incident.evidence_dir)
+    assert_nothing_changed(incident, before)
+    # No approval was asked for and the receipt, which lives elsewhere, still says what happened.
+    assert "Check approval against the approval matrix (fails closed)" not in set(
+        e["event_data"].get("task") for e in run.events)
+    receipt = incident.receipt("rollback-locked-evidence")
+    assert receipt["outcome"] == "failed" and "is not writable" in receipt["failure"]["message"]
+    incident.verify_ledger()
 
 
 def test_rollback_of_an_argo_cd_owned_deployment_is_refused_and_changes_nothing(incident):
