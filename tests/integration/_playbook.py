@@ -189,21 +189,28 @@ def run_playbook(private_dir, extravars, check=False, verbosity=0, envvars=None,
     return PlaybookRun(runner)
 
 
-def run_module(private_dir, module, args, envvars=None):
-    """Run one module ad hoc on localhost (for example rollback_receipt state=verify); return (failed, result)."""
+def run_module_with_output(private_dir, module, args, envvars=None, check=False, diff=False):
+    """Run one module ad hoc on localhost through ansible-runner; return (failed, result, stdout)."""
     import ansible_runner
 
     env = {"ANSIBLE_CONFIG": os.path.join(ROOT, "ansible.cfg"), "PATH": _path()}
     env.update(envvars or {})
+    flags = " ".join(flag for flag, on in (("--check", check), ("--diff", diff)) if on)
     os.makedirs(str(private_dir), exist_ok=True)
     runner = ansible_runner.run(
         private_data_dir=str(private_dir), host_pattern="localhost", module=module, module_args=json.dumps(args),
-        quiet=True, envvars=env, suppress_env_files=True,
+        cmdline=flags or None, quiet=True, envvars=env, suppress_env_files=True,
         inventory="localhost ansible_connection=local ansible_python_interpreter=%s"
                   % os.path.join(VENV_BIN, "python"))
     outcomes = [e for e in runner.events if e["event"] in ("runner_on_ok", "runner_on_failed")]
-    assert len(outcomes) == 1, "ansible did not run %s: %s" % (module, runner.stdout.read())
-    return outcomes[0]["event"] == "runner_on_failed", outcomes[0]["event_data"]["res"]
+    stdout = runner.stdout.read()
+    assert len(outcomes) == 1, "ansible did not run %s: %s" % (module, stdout)
+    return outcomes[0]["event"] == "runner_on_failed", outcomes[0]["event_data"]["res"], stdout
+
+
+def run_module(private_dir, module, args, envvars=None, check=False, diff=False):
+    """Run one module ad hoc on localhost (for example rollback_receipt state=verify); return (failed, result)."""
+    return run_module_with_output(private_dir, module, args, envvars, check, diff)[:2]
 
 
 # --- what the run left on disk -------------------------------------------------------------------------------------

@@ -20,36 +20,23 @@ import uuid
 
 import pytest
 
-from tests.sandbox_env import ROOT
+from tests.integration import _playbook as pb
 from tests.sandbox_fixtures import wait_until
 
-VENV_BIN = os.path.dirname(sys.executable)
 
 
 # --- harness -------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def run_capture(kubeconfig, sandbox_env, monkeypatch):
+def run_capture(kubeconfig, sandbox_env):
     """Run governed.rollback.evidence_capture through ansible-runner; return (failed, result, stdout)."""
-    import ansible_runner
-
-    monkeypatch.setenv("PATH", VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
     pg_env = dict((k, sandbox_env[k]) for k in ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"))
 
     def run(check=False, diff=False, **args):
         args.setdefault("kubeconfig", kubeconfig)
-        flags = " ".join(flag for flag, on in (("--check", check), ("--diff", diff)) if on)
         with tempfile.TemporaryDirectory() as tmp:
-            runner = ansible_runner.run(
-                private_data_dir=tmp, host_pattern="localhost", module="governed.rollback.evidence_capture",
-                module_args=json.dumps(args), cmdline=flags or None, quiet=True,
-                inventory="localhost ansible_connection=local ansible_python_interpreter=%s" % sys.executable,
-                envvars=dict(pg_env, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg")))
-            outcomes = [e for e in runner.events if e["event"] in ("runner_on_ok", "runner_on_failed")]
-            stdout = runner.stdout.read()
-            assert len(outcomes) == 1, "ansible did not run the module: %s" % stdout
-            return outcomes[0]["event"] == "runner_on_failed", outcomes[0]["event_data"]["res"], stdout
+            return pb.run_module_with_output(tmp, "governed.rollback.evidence_capture", args, pg_env, check, diff)
 
     return run
 

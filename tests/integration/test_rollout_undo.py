@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -17,35 +16,23 @@ import pytest
 
 from ansible_collections.governed.rollback.plugins.module_utils import _revisions as rev
 from ansible_collections.governed.rollback.plugins.modules import rollout_undo
-from tests.sandbox_env import ROOT
+from tests.integration import _playbook as pb
 from tests.sandbox_fixtures import get, items, wait_until
 
 CHAOS = "pod-container-running-failed.stage.kwok.x-k8s.io"
-VENV_BIN = os.path.dirname(sys.executable)
 
 
 # --- harness -------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def run_module(kubeconfig, monkeypatch):
+def run_module(kubeconfig):
     """Run governed.rollback.rollout_undo through ansible (ansible-runner); return (failed, result)."""
-    import ansible_runner
-
-    monkeypatch.setenv("PATH", VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
 
     def run(check=False, diff=False, **args):
         args.setdefault("kubeconfig", kubeconfig)
-        flags = " ".join(flag for flag, on in (("--check", check), ("--diff", diff)) if on)
         with tempfile.TemporaryDirectory() as tmp:
-            runner = ansible_runner.run(
-                private_data_dir=tmp, host_pattern="localhost", module="governed.rollback.rollout_undo",
-                module_args=json.dumps(args), cmdline=flags or None, quiet=True,
-                inventory="localhost ansible_connection=local ansible_python_interpreter=%s" % sys.executable,
-                envvars={"ANSIBLE_CONFIG": os.path.join(ROOT, "ansible.cfg")})
-            outcomes = [e for e in runner.events if e["event"] in ("runner_on_ok", "runner_on_failed")]
-            assert len(outcomes) == 1, "ansible did not run the module: %s" % runner.stdout.read()
-            return outcomes[0]["event"] == "runner_on_failed", outcomes[0]["event_data"]["res"]
+            return pb.run_module(tmp, "governed.rollback.rollout_undo", args, check=check, diff=diff)
 
     return run
 
