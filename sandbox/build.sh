@@ -20,63 +20,48 @@ need_go() {
     command -v go >/dev/null || { echo "sandbox build: 'go' not found on PATH; install Go >= 1.24" >&2; exit 1; }
 }
 
-build_k8s() {
-    local out="$K8S_BIN" log="$CACHE/logs/k8s-$K8S_VERSION.log"
+# build NAME OUT_DIR MODULE@VERSION CMD...: unless OUT_DIR holds a finished build, run CMD (its output to a log
+# under $CACHE/logs) and mark OUT_DIR finished; a failure names NAME and the module and prints go's error.
+build() {
+    local name=$1 out=$2 module=$3; shift 3
+    local log; log="$CACHE/logs/$(basename "$(dirname "$out")").log"
     if [ -f "$out/.complete" ]; then return 0; fi
     need_go
-    echo "sandbox build: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION (cold: ~10 min on 2 cores)"
+    echo "sandbox build: $name ${module##*@}"
     mkdir -p "$out"
-    local v="-X k8s.io/component-base/version" c="-X k8s.io/client-go/pkg/version"
-    local minor; minor=$(echo "$K8S_VERSION" | cut -d. -f2)
-    (cd "$HERE/tools/k8s" && go build -trimpath \
+    "$@" >"$log" 2>&1 || fail_build "$name" "$module" "$log"
+    touch "$out/.complete"
+}
+
+go_build_k8s() (  # a subshell: the cd stays inside
+    v="-X k8s.io/component-base/version" c="-X k8s.io/client-go/pkg/version"
+    minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+    cd "$HERE/tools/k8s" && go build -trimpath \
         -ldflags "-s -w $v.gitVersion=$K8S_VERSION $v.gitMajor=1 $v.gitMinor=$minor $c.gitVersion=$K8S_VERSION $c.gitMajor=1 $c.gitMinor=$minor" \
-        -o "$out/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-        k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl) >"$log" 2>&1 \
-        || fail_build "kubernetes components" "k8s.io/kubernetes@$K8S_VERSION" "$log"
-    touch "$out/.complete"
+        -o "$K8S_BIN/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+        k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+)
+
+go_build_etcd() (
+    cd "$HERE/tools/etcd" && go build -trimpath -ldflags "-s -w" -o "$ETCD_BIN/etcd" go.etcd.io/etcd/server/v3
+)
+
+go_install() {  # $1 GOBIN, $2 module@version
+    GOBIN="$1" go install -trimpath -ldflags "-s -w" "$2"
 }
 
-build_etcd() {
-    local out="$ETCD_BIN" log="$CACHE/logs/etcd-$ETCD_VERSION.log"
-    if [ -f "$out/.complete" ]; then return 0; fi
-    need_go
-    echo "sandbox build: etcd $ETCD_VERSION"
-    mkdir -p "$out"
-    (cd "$HERE/tools/etcd" && go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3) >"$log" 2>&1 \
-        || fail_build etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" "$log"
-    touch "$out/.complete"
-}
-
-build_kwok() {
-    local out="$KWOK_BIN" log="$CACHE/logs/kwok-$KWOK_VERSION.log"
-    if [ -f "$out/.complete" ]; then return 0; fi
-    need_go
-    echo "sandbox build: kwok $KWOK_VERSION"
-    mkdir -p "$out"
-    GOBIN="$out" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" >"$log" 2>&1 \
-        || fail_build kwok "sigs.k8s.io/kwok@$KWOK_VERSION" "$log"
-    # The stage definitions ship in the module zip; keep a copy next to the binary.
+install_kwok() {  # the stage definitions ship in the module zip; keep a copy next to the binary
+    go_install "$KWOK_BIN" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" || return 1
     local src; src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
-    mkdir -p "$out/stages"
-    cp -r "$src"/. "$out/stages/"
-    chmod -R u+w "$out/stages"
-    touch "$out/.complete"
-}
-
-build_opa() {
-    local out="$OPA_BIN" log="$CACHE/logs/opa-$OPA_VERSION.log"
-    if [ -f "$out/.complete" ]; then return 0; fi
-    need_go
-    echo "sandbox build: opa $OPA_VERSION"
-    mkdir -p "$out"
-    GOBIN="$out" go install -trimpath -ldflags "-s -w" "github.com/open-policy-agent/opa@$OPA_VERSION" >"$log" 2>&1 \
-        || fail_build opa "github.com/open-policy-agent/opa@$OPA_VERSION" "$log"
-    touch "$out/.complete"
+    mkdir -p "$KWOK_BIN/stages" && cp -r "$src"/. "$KWOK_BIN/stages/" && chmod -R u+w "$KWOK_BIN/stages"
 }
 
 start=$(date +%s)
-build_k8s
-build_etcd
-build_kwok
-build_opa
+[ -f "$K8S_BIN/.complete" ] || echo "sandbox build: the Kubernetes components take ~10 min cold on 2 cores"
+build "kubernetes components (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl)" "$K8S_BIN" \
+    "k8s.io/kubernetes@$K8S_VERSION" go_build_k8s
+build etcd "$ETCD_BIN" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go_build_etcd
+build kwok "$KWOK_BIN" "sigs.k8s.io/kwok@$KWOK_VERSION" install_kwok
+build opa "$OPA_BIN" "github.com/open-policy-agent/opa@$OPA_VERSION" \
+    go_install "$OPA_BIN" "github.com/open-policy-agent/opa@$OPA_VERSION"
 echo "sandbox build: ready in $(( $(date +%s) - start ))s (cache: $CACHE, $(du -sh "$CACHE" 2>/dev/null | cut -f1))"
