@@ -210,14 +210,17 @@ class ProgressClock:
     """When a Deployment last made progress, by the controller's own measure, seen from the waiting side.
 
     Progress is what the deployment controller counts as progress between two looks at the status: more updated,
-    ready or available replicas, or fewer old ones. Only statuses that reflect the rolled-back template count
-    (observedGeneration caught up). The clock starts at the rollback's patch (the first poll). ``overdue`` is how
-    long the rollout has gone without progress beyond ``spec.progressDeadlineSeconds``, or None while within it.
+    ready or available replicas, or fewer old ones; and any new ``lastUpdateTime`` the controller writes on a
+    ``Progressing=True`` condition, which catches progress that came and went between two polls. Only statuses
+    that reflect the rolled-back template count (observedGeneration caught up). The clock starts at the rollback's
+    patch (the first poll). ``overdue`` is how long the rollout has gone without progress beyond
+    ``spec.progressDeadlineSeconds``, or None while within it.
     """
 
     def __init__(self, started):
         self.since = started
         self.previous = None
+        self.previous_mark = None
 
     @staticmethod
     def _counts(obj):
@@ -231,9 +234,12 @@ class ProgressClock:
         if (meta.get("generation") or 0) > (status.get("observedGeneration") or 0):
             return
         counts = self._counts(obj)
-        if self.previous is not None and any(new > old for new, old in zip(counts, self.previous)):
+        cond = _condition(status, "Progressing") or {}
+        mark = cond.get("lastUpdateTime") if cond.get("status") == "True" else None
+        if self.previous is not None and (any(new > old for new, old in zip(counts, self.previous))
+                                          or (mark is not None and mark != self.previous_mark)):
             self.since = now
-        self.previous = counts
+        self.previous, self.previous_mark = counts, mark
 
     def overdue(self, obj, now):
         deadline = (obj.get("spec") or {}).get("progressDeadlineSeconds")

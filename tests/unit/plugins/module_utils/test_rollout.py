@@ -285,3 +285,18 @@ def test_without_a_progress_deadline_the_wait_runs_to_its_timeout():
     del no_deadline["spec"]["progressDeadlineSeconds"]
     result = ro.wait_for_rollout(sequence(no_deadline), "Deployment", timeout=30, clock=clock, sleep=clock.sleep)
     assert result.state == ro.TIMEOUT and clock.now == 30
+
+
+def test_progress_the_controller_recorded_between_polls_restarts_the_deadline():
+    clock = FakeClock()
+
+    def recorded_at(seconds):
+        obj = stuck_after_rollback()
+        obj["status"]["conditions"] = [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                                        "lastUpdateTime": stamp(seconds), "lastTransitionTime": stamp(-600)}]
+        return obj
+    # Counts never move, but the controller saw progress (a pod Ready then not again) at 5 s and 10 s.
+    steps = [recorded_at(0)] * 10 + [recorded_at(5)] * 10 + [recorded_at(10)] * 30
+    result = ro.wait_for_rollout(sequence(*steps), "Deployment", timeout=120, clock=clock, sleep=clock.sleep)
+    # Last progress seen at 10 s (the poll that showed the new time), so the deadline runs out after 20 s.
+    assert result.state == ro.FAILED and 20 < clock.now <= 20.5
