@@ -29,9 +29,9 @@ description:
     O(allow_gitops_drift=true).
   - With O(wait=true) waits like C(kubectl rollout status), ignoring a C(ProgressDeadlineExceeded) condition older
     than the patch and failing at once on a fresh one.
-  - A Deployment that shows no progress (more updated, ready or available replicas, or fewer old ones) for longer
-    than its C(spec.progressDeadlineSeconds) fails the wait even when the controller has not recorded
-    C(ProgressDeadlineExceeded). After a rollback to an existing ReplicaSet the controller can miss the only sign of
+  - A Deployment that shows no progress (more updated, ready or available replicas, fewer old ones, or a newer
+    progress time recorded by the controller) for longer than its C(spec.progressDeadlineSeconds) fails the wait
+    even when the controller has not recorded C(ProgressDeadlineExceeded). After a rollback to an existing ReplicaSet the controller can miss the only sign of
     progress and never record it, and C(kubectl rollout status) then waits until its own timeout.
 options:
   kind:
