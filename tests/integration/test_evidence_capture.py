@@ -24,7 +24,6 @@ from tests.integration import _playbook as pb
 from tests.sandbox_fixtures import wait_until
 
 
-
 # --- harness -------------------------------------------------------------------------------------------------------
 
 
