@@ -788,24 +788,11 @@ def _api_error(exc, verb, resource, namespace, name=None):
 
 
 class KubeReader(KubeRest):
-    """Raw GETs (see KubeRest): plain dicts, lists paged, logs streamed."""
-
-    PATHS = RESOURCE_PATHS
-
-    def _open(self, path, path_params, query=None):
-        """The urllib3 response of a GET, not yet read; an ApiException for any non-2xx status."""
-        return self.open("GET", path, path_params, query)
-
-    @staticmethod
-    def _json(response):
-        try:
-            return json.loads(response.data)
-        finally:
-            response.release_conn()
+    """KubeRest's GETs with evidence's error wording: plain dicts, lists paged, logs streamed."""
 
     def get(self, kind, namespace, name):
         try:
-            return self._json(self._open(self.PATHS[kind] + "/{name}", {"namespace": namespace, "name": name}))
+            return super(KubeReader, self).get(kind, namespace, name)
         except Exception as exc:  # pylint: disable=broad-except  # ApiException, urllib3 errors and friends
             raise _api_error(exc, "get", kind, namespace, name)
 
@@ -821,7 +808,7 @@ class KubeReader(KubeRest):
             if token:
                 query.append(("continue", token))
             try:
-                page = self._json(self._open(self.PATHS[kind], {"namespace": namespace}, query))
+                page = self.list_page(kind, namespace, query)
             except Exception as exc:  # pylint: disable=broad-except
                 raise _api_error(exc, "list", kind, namespace)
             yield from page.get("items") or []
@@ -838,7 +825,7 @@ class KubeReader(KubeRest):
         if limit_bytes:
             query.append(("limitBytes", limit_bytes))
         try:
-            return self._open(self.PATHS["Pod"] + "/{name}/log", {"namespace": namespace, "name": pod}, query)
+            return self.open("GET", RESOURCE_PATHS["Pod"] + "/{name}/log", {"namespace": namespace, "name": pod}, query)
         except Exception as exc:  # pylint: disable=broad-except
             raise _api_error(exc, "get logs of", "pod", namespace, "%s (container %s%s)"
                              % (pod, container, ", previous" if previous else ""))
