@@ -82,6 +82,11 @@ def _is_fresh(cond, patched_at):
     return when >= patched_at.replace(microsecond=0)
 
 
+def _unobserved(meta, status):
+    """The controller has not yet seen the latest spec (its status still describes an older one)."""
+    return (meta.get("generation") or 0) > (status.get("observedGeneration") or 0)
+
+
 def _parts(obj):
     meta = obj.get("metadata") or {}
     return meta, obj.get("spec") or {}, obj.get("status") or {}, meta.get("name")
@@ -101,7 +106,7 @@ def deployment_state(obj, patched_at=None):
     if spec.get("paused"):
         return RolloutState(FAILED, "deployment %r is paused, so the rollout cannot progress; resume it "
                                     "(kubectl rollout resume deployment/%s)" % (name, name))
-    if (meta.get("generation") or 0) > (status.get("observedGeneration") or 0):
+    if _unobserved(meta, status):
         return RolloutState(PROGRESSING, "waiting for deployment %r spec update to be observed" % name)
     cond = _condition(status, "Progressing")
     if cond and cond.get("reason") == TIMED_OUT_REASON and _is_fresh(cond, patched_at):
@@ -156,7 +161,7 @@ def daemonset_state(obj):
     refused = _not_rolling("daemon set", name, spec)
     if refused:
         return refused
-    if (meta.get("generation") or 0) > (status.get("observedGeneration") or 0):
+    if _unobserved(meta, status):
         return RolloutState(PROGRESSING, "waiting for daemon set %r spec update to be observed" % name)
     desired = status.get("desiredNumberScheduled") or 0
     updated = status.get("updatedNumberScheduled") or 0
@@ -213,8 +218,7 @@ class ProgressClock:
     ready or available replicas, or fewer old ones; and any new ``lastUpdateTime`` the controller writes on a
     ``Progressing=True`` condition, which catches progress that came and went between two polls. Only statuses
     that reflect the rolled-back template count (observedGeneration caught up). The clock starts at the rollback's
-    patch (the first poll). ``overdue`` is how long the rollout has gone without progress beyond
-    ``spec.progressDeadlineSeconds``, or None while within it.
+    patch (the first poll). A paused Deployment never gets here: the wait fails it first.
     """
 
     def __init__(self, started):
@@ -231,7 +235,7 @@ class ProgressClock:
 
     def observe(self, obj, now):
         meta, status = obj.get("metadata") or {}, obj.get("status") or {}
-        if (meta.get("generation") or 0) > (status.get("observedGeneration") or 0):
+        if _unobserved(meta, status):
             return
         counts = self._counts(obj)
         cond = _condition(status, "Progressing") or {}
@@ -242,11 +246,9 @@ class ProgressClock:
         self.previous, self.previous_mark = counts, mark
 
     def overdue(self, obj, now):
+        """Whether the rollout has gone without progress for longer than its deadline (plus the grace)."""
         deadline = (obj.get("spec") or {}).get("progressDeadlineSeconds")
-        if not deadline or (obj.get("spec") or {}).get("paused"):
-            return None
-        late = now - self.since - deadline
-        return late if late > DEADLINE_GRACE_SECONDS else None
+        return bool(deadline) and now - self.since - deadline > DEADLINE_GRACE_SECONDS
 
 
 def _missed_deadline(obj, stalled_for):
@@ -285,7 +287,7 @@ def wait_for_rollout(fetch, kind, timeout, patched_at=None, uid=None, clock=time
         elapsed = now - start
         if kind == "Deployment":
             progress.observe(obj, now)
-            if progress.overdue(obj, now) is not None:
+            if progress.overdue(obj, now):
                 return WaitResult(FAILED, _missed_deadline(obj, now - progress.since), elapsed, obj)
         if elapsed >= timeout:
             return WaitResult(TIMEOUT, "timed out after %ds: %s" % (timeout, last.message), elapsed, obj)
