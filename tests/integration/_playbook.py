@@ -6,8 +6,10 @@ KWOK's chaos label, so it crash-loops while revision 2's pods keep serving.
 """
 
 import base64
+import contextlib
 import json
 import os
+import subprocess
 import tarfile
 import uuid
 
@@ -118,6 +120,16 @@ def pods(kubectl, namespace, name):
 
 def template_image(deployment):
     return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+@contextlib.contextmanager
+def immutable(path):
+    """Make a directory unwritable even for root (chattr +i; root ignores permission bits) while in the block."""
+    subprocess.run(["chattr", "+i", path], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", path], check=True)
 
 
 # --- running the playbook ------------------------------------------------------------------------------------------

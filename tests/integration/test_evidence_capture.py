@@ -291,9 +291,7 @@ def test_an_unwritable_evidence_dir_fails_in_preflight_with_a_clear_message_and_
     with tempfile.TemporaryDirectory() as tmp:
         locked = os.path.join(tmp, "evidence")
         os.mkdir(locked)
-        # Root ignores permission bits; the immutable attribute stops even root.
-        subprocess.run(["chattr", "+i", locked], check=True)
-        try:
+        with pb.immutable(locked):
             failed, result, _out = run_capture(rollback_id="rb-locked", phase="before", evidence_dir=locked,
                                                preflight=True)
             assert failed
@@ -304,8 +302,6 @@ def test_an_unwritable_evidence_dir_fails_in_preflight_with_a_clear_message_and_
                                                           "namespace": namespace}])
             assert failed and "is not writable" in capture["msg"]
             assert os.listdir(locked) == []
-        finally:
-            subprocess.run(["chattr", "-i", locked], check=True)
 
 
 def test_a_full_evidence_store_fails_in_preflight(run_capture, evidence_dir):

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import secrets
-import subprocess
 import threading
 import time
 
@@ -131,6 +130,18 @@ def sha256_file(path):
 def assert_nothing_changed(incident, before):
     assert incident.versions() == before, "the refused rollback changed the Deployment or its ReplicaSets"
     assert pb.template_image(incident.deployment()) == pb.IMAGES[2]
+
+
+def assert_refused_by_the_plan(incident, run, before, rollback_id, reason):
+    """The plan (server-side dry run) refused, naming ``reason``; nothing changed; the receipt says failed and why."""
+    assert run.status == "failed" and run.count("failures") == 1
+    plan = run.task_result("Plan the rollback with a server-side dry run (refuses paused, pruned, GitOps-owned workloads)")
+    assert reason in plan["msg"], plan["msg"]
+    assert_nothing_changed(incident, before)
+    receipt = incident.receipt(rollback_id)
+    assert receipt["outcome"] == "failed"
+    assert reason in receipt["failure"]["message"]
+    return plan
 
 
 def in_the_future(timestamp):
@@ -390,26 +401,16 @@ def test_rollback_of_a_paused_deployment_is_refused_and_changes_nothing(incident
 
     run = incident.run(target_rev=2, rollback_id="rollback-paused")
 
-    assert run.status == "failed" and run.count("failures") == 1
-    plan = run.task_result("Plan the rollback with a server-side dry run (refuses paused, pruned, GitOps-owned workloads)")
-    assert "paused" in plan["msg"], plan["msg"]
-    assert_nothing_changed(incident, before)
-    receipt = incident.receipt("rollback-paused")
-    assert receipt["outcome"] == "failed"
-    assert "paused" in receipt["failure"]["message"]
+    assert_refused_by_the_plan(incident, run, before, "rollback-paused", "paused")
 
 
 def test_unwritable_evidence_dir_stops_the_rollback_before_anything_changes(incident):
     pb.frontend_with_history(incident.kubectl, incident.namespace)
     before = incident.settled_versions()
     os.mkdir(incident.evidence_dir)
-    # Root ignores permission bits; the immutable attribute stops even root.
-    subprocess.run(["chattr", "+i", incident.evidence_dir], check=True)
-    try:
+    with pb.immutable(incident.evidence_dir):
         run = incident.run(target_rev=2, rollback_id="rollback-locked-evidence")
         assert os.listdir(incident.evidence_dir) == []
-    finally:
-        subprocess.run(["chattr", "-i", incident.evidence_dir], check=True)
 
     assert run.status == "failed" and run.count("failures") == 1
     assert run.failed_tasks == ["Pre-flight, the evidence directory is writable before anything changes",
@@ -434,13 +435,8 @@ def test_rollback_of_an_argo_cd_owned_deployment_is_refused_and_changes_nothing(
 
     run = incident.run(target_rev=2, rollback_id="rollback-argo")
 
-    assert run.status == "failed" and run.count("failures") == 1
-    plan = run.task_result("Plan the rollback with a server-side dry run (refuses paused, pruned, GitOps-owned workloads)")
-    assert "Argo CD" in plan["msg"] and "allow_gitops_drift" in plan["msg"], plan["msg"]
-    assert_nothing_changed(incident, before)
-    receipt = incident.receipt("rollback-argo")
-    assert receipt["outcome"] == "failed"
-    assert "Argo CD" in receipt["failure"]["message"]
+    plan = assert_refused_by_the_plan(incident, run, before, "rollback-argo", "Argo CD")
+    assert "allow_gitops_drift" in plan["msg"], plan["msg"]
 
 
 # --- check mode ----------------------------------------------------------------------------------------------------
