@@ -8,7 +8,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # Mirrors K8S_AUTH_ARG_SPEC in plugins/module_utils/_k8s.py.
+    # Mirrors K8S_AUTH in plugins/module_utils/_argspec.py.
     DOCUMENTATION = r"""
 options:
   kubeconfig:

@@ -13,10 +13,11 @@ __metaclass__ = type
 
 import copy
 import datetime
-import hashlib
-import json
 
-ROLLBACK_TYPES = ("deployment", "configuration", "database", "policy", "state")
+from ansible_collections.governed.rollback.plugins.module_utils._common import (
+    ROLLBACK_TYPE_NAMES as ROLLBACK_TYPES, RollbackError, json_sha256, utc_stamp,
+)
+
 PRIORITIES = ("P0", "P1", "P2", "P3")
 ROW_NAMES = ("deployment_last", "deployment_older", "configuration", "database", "policy", "state")
 
@@ -63,7 +64,7 @@ DEFAULT_MATRIX = {
 INCIDENT_COMMANDER_ROLE = "incident_commander"
 
 
-class ApprovalError(Exception):
+class ApprovalError(RollbackError):
     """The inputs cannot be evaluated at all (bad matrix, missing revisions): not a denial."""
 
 
@@ -123,23 +124,33 @@ def build_matrix(overrides=None):
 
 def matrix_sha256(matrix):
     """Stable digest of the matrix that decided, so a receipt shows whether the default was overridden."""
-    return hashlib.sha256(json.dumps(matrix, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+    return json_sha256(matrix)
 
 
-def select_row(rollback_type, target_revision=None, previous_revision=None):
-    """Name the matrix row for a rollback; deployments need both resolved revisions."""
+def select_row(rollback_type, approval_facts=None):
+    """Name the matrix row for a rollback from its type and the facts its plan returned.
+
+    Only deployments have two rows: ``deployment_last`` when the plan's ``to_revision`` is its
+    ``previous_revision`` (the last good version), else ``deployment_older``.
+    """
     if rollback_type not in ROLLBACK_TYPES:
         raise ApprovalError("unknown rollback_type %r; expected one of %s" % (rollback_type, ", ".join(ROLLBACK_TYPES)))
     if rollback_type != "deployment":
         return rollback_type
-    if target_revision is None or previous_revision is None:
-        raise ApprovalError("a deployment rollback needs target_revision and previous_revision (the caller resolves "
-                            "them from the rollout history; the approval never guesses which row applies)")
+    facts = approval_facts if isinstance(approval_facts, dict) else {}
+    to_revision, previous_revision = facts.get("to_revision"), facts.get("previous_revision")
+    if to_revision is None or previous_revision is None:
+        raise ApprovalError("a deployment rollback needs approval_facts with to_revision and previous_revision (from "
+                            "rollout_undo's plan, resolved from the rollout history; the approval never guesses which "
+                            "row applies)")
+    if isinstance(to_revision, bool) or isinstance(previous_revision, bool):
+        raise ApprovalError("approval_facts.to_revision and previous_revision must be integers, got %r and %r"
+                            % (to_revision, previous_revision))
     try:
-        target, previous = int(target_revision), int(previous_revision)
+        target, previous = int(to_revision), int(previous_revision)
     except (TypeError, ValueError):
-        raise ApprovalError("target_revision and previous_revision must be integers, got %r and %r"
-                            % (target_revision, previous_revision))
+        raise ApprovalError("approval_facts.to_revision and previous_revision must be integers, got %r and %r"
+                            % (to_revision, previous_revision))
     return "deployment_last" if target == previous else "deployment_older"
 
 
@@ -175,22 +186,18 @@ def _assign_roles(required, candidates):
     return {role: name for name, role in owner.items()}
 
 
-def _format_time(moment):
-    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _people(names, roster):
     return ", ".join("%s (%s)" % (n, ", ".join(roster.get(n, [])) or "no roles") for n in names) or "none"
 
 
 def evaluate(rollback_type, requested_by, approvals, roster, priority=None, incident_commander=None,
-             emergency_override=False, target_revision=None, previous_revision=None, matrix=None, now=None):
+             emergency_override=False, approval_facts=None, matrix=None, now=None):
     """Decide one rollback request. Returns a decision dict; ``approved`` False means denied.
 
-    Raises ApprovalError only when the request cannot be evaluated (bad matrix, missing revisions).
+    Raises ApprovalError only when the request cannot be evaluated (bad matrix, missing approval facts).
     """
     matrix = build_matrix(matrix)
-    row_name = select_row(rollback_type, target_revision, previous_revision)
+    row_name = select_row(rollback_type, approval_facts)
     row = matrix[row_name]
     roster = normalize_roster(roster)
     now = now or datetime.datetime.now(datetime.timezone.utc)
@@ -263,7 +270,7 @@ def evaluate(rollback_type, requested_by, approvals, roster, priority=None, inci
                 missing = []
                 for role, name in extra_assign.items():
                     assignments["emergency:" + role] = name
-                retro_due = _format_time(now + datetime.timedelta(hours=spec["retroactive_hours"]))
+                retro_due = utc_stamp(now + datetime.timedelta(hours=spec["retroactive_hours"]))
 
     approved = approval_path is not None
     approved_by = [{"name": n, "roles": valid[n]} for n in sorted(valid)]
@@ -289,10 +296,9 @@ def evaluate(rollback_type, requested_by, approvals, roster, priority=None, inci
         "retroactive_approval_due": retro_due,
         "retroactive_roles": retro_roles,
         "post_incident_review": "required" if emergency else "not_required",
-        "evaluated_at": _format_time(now),
+        "evaluated_at": utc_stamp(now),
         "matrix_sha256": matrix_sha256(matrix),
-        "target_revision": target_revision,
-        "previous_revision": previous_revision,
+        "approval_facts": copy.deepcopy(approval_facts) if approval_facts else {},
     }
     decision["message"] = explain(decision, valid, emergency_problems)
     return decision

@@ -38,15 +38,14 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import threading
-import traceback
 
 from ansible.module_utils.common.yaml import HAS_YAML, SafeLoader
 
-from ansible_collections.governed.rollback.plugins.module_utils import _redact
+from ansible_collections.governed.rollback.plugins.module_utils import _pg, _proc, _redact
+from ansible_collections.governed.rollback.plugins.module_utils._common import RollbackError, pretty_json, utc_stamp
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
     HAS_K8S,
     RESOURCE_PATHS,
@@ -56,24 +55,11 @@ from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
     api_message,
     explain_api_exception,
 )
-from ansible_collections.governed.rollback.plugins.module_utils._revisions import (
-    build_history,
-    selector_to_string,
-)
+from ansible_collections.governed.rollback.plugins.module_utils._k8s_objects import selector_to_string
+from ansible_collections.governed.rollback.plugins.module_utils._revisions import build_history
 
 if HAS_YAML:
     import yaml
-
-PSYCOPG2_IMP_ERR = None
-try:
-    import psycopg2
-    import psycopg2.extensions
-    from psycopg2 import sql as pg_sql
-
-    HAS_PSYCOPG2 = True
-except ImportError:  # pragma: no cover - exercised only without the library
-    PSYCOPG2_IMP_ERR = traceback.format_exc()
-    HAS_PSYCOPG2 = False
 
 PHASES = ("before", "after", "failure")
 MANIFEST_SCHEMA = "governed.rollback/evidence-manifest/v1"
@@ -94,16 +80,12 @@ MAX_CHANGED_FIELDS = 50
 YAML_BATCH = 50
 
 
-class EvidenceError(Exception):
+class EvidenceError(RollbackError):
     """A problem an operator can fix, already phrased as what failed and what to do."""
 
 
-class SourceError(Exception):
+class SourceError(RollbackError):
     """One source could not be captured; recorded in the manifest, fatal only if required."""
-
-
-def utcnow():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---------------------------------------------------------------------------
@@ -132,8 +114,6 @@ SOURCE_TYPES = {
     "command": ((), (("argv", "cmd"),), {"chdir": None, "timeout": 60}, True),
 }
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
-MIGRATION_TABLES = ("schema_migrations", "alembic_version", "flyway_schema_history", "django_migrations",
-                    "knex_migrations", "goose_db_version")
 
 
 def validate_rollback_id(rollback_id):
@@ -221,7 +201,7 @@ def describe_source(source):
     if stype == "pg_table_counts":
         return "exact count(*) of %s" % ", ".join(source["tables"])
     if stype == "pg_migrations":
-        return "migration table %s" % (source.get("table") or "(detected: %s)" % "/".join(MIGRATION_TABLES))
+        return "migration table %s" % (source.get("table") or "(detected: %s)" % "/".join(_pg.MIGRATION_TABLES))
     if stype == "file":
         return "file %s" % source["path"]
     if stype == "git_file":
@@ -359,10 +339,6 @@ def to_yaml(data):
 
 def from_yaml(text):
     return yaml.load(text, Loader=SafeLoader)
-
-
-def canonical_json(data):
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def _flatten(value, prefix=""):
@@ -576,7 +552,7 @@ class _FileContext(object):
             "size": self.sink.size,
             "source": self.source["name"],
             "type": self.source["type"],
-            "captured_at": utcnow(),
+            "captured_at": utc_stamp(),
             "diff": bool(self.source.get("diff")),
         }
         if self.kind:
@@ -590,7 +566,7 @@ class _FileContext(object):
 def write_json_atomic(path, data):
     tmp = "%s.tmp-%d" % (path, os.getpid())
     with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(canonical_json(data))
+        handle.write(pretty_json(data))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -1129,25 +1105,12 @@ def capture_k8s_events(ctx, source, writer):
 # ---------------------------------------------------------------------------
 
 def pg_connect_factory(params):
-    """A function opening a read-only, repeatable-read connection from the module's login_* options."""
+    """A function opening a read-only, repeatable-read connection from the module's connection options."""
     def connect():
-        if not HAS_PSYCOPG2:
-            raise SourceError("psycopg2 is required for pg_* sources; install psycopg2-binary")
-        kwargs = dict(host=params.get("login_host"), port=params.get("login_port"), user=params.get("login_user"),
-                      password=params.get("login_password"), dbname=params.get("db"), connect_timeout=10,
-                      application_name="governed.rollback evidence_capture")
-        kwargs = dict((k, v) for k, v in kwargs.items() if v not in (None, ""))
         try:
-            conn = psycopg2.connect(**kwargs)
-        except psycopg2.Error as exc:
-            raise SourceError("cannot connect to PostgreSQL %s:%s database %s as %s: %s; check login_host/"
-                              "login_port/login_user/login_password/db (or PGHOST/PGPORT/PGUSER/PGPASSWORD/"
-                              "PGDATABASE)" % (kwargs.get("host", "(default)"), kwargs.get("port", "(default)"),
-                                               kwargs.get("dbname", "(default)"), kwargs.get("user", "(default)"),
-                                               str(exc).strip()))
-        # One snapshot for every count in the capture: the numbers are consistent with each other.
-        conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
-        return conn
+            return _pg.connect(params, "governed.rollback evidence_capture", readonly=True, repeatable_read=True)
+        except _pg.PgError as exc:
+            raise SourceError(exc.msg)
     return connect
 
 
@@ -1167,7 +1130,7 @@ def _pg_query(ctx, query, args=None):
             cur.execute(query, args)
             columns = [d[0] for d in cur.description]
             return columns, cur.fetchall()
-    except psycopg2.Error as exc:
+    except _pg.psycopg2.Error as exc:
         ctx.pg.rollback()
         raise SourceError("PostgreSQL query failed: %s" % str(exc).strip())
 
@@ -1204,8 +1167,8 @@ def capture_pg_table_counts(ctx, source, writer):
         if "%s.%s" % (schema, table) not in existing:
             missing.append(name)
             continue
-        _cols, rows = _pg_query(ctx, pg_sql.SQL("SELECT count(*) FROM {}.{}").format(
-            pg_sql.Identifier(schema), pg_sql.Identifier(table)))
+        _cols, rows = _pg_query(ctx, _pg.sql.SQL("SELECT count(*) FROM {}.{}").format(
+            _pg.sql.Identifier(schema), _pg.sql.Identifier(table)))
         counts["%s.%s" % (schema, table)] = rows[0][0]
     writer.write_yaml(source, "table_counts.yaml", {"exact_counts": counts, "missing": missing})
     if missing:
@@ -1223,19 +1186,19 @@ def capture_pg_migrations(ctx, source, writer):
             raise SourceError("migration table %s not found; existing tables: %s"
                               % (table, ", ".join(existing[:30]) or "(none)"))
     else:
-        found = [t for t in existing if t.split(".", 1)[1] in MIGRATION_TABLES]
+        found = [t for t in existing if t.split(".", 1)[1] in _pg.MIGRATION_TABLES]
         if not found:
             raise SourceError("no migration bookkeeping table found (looked for %s); set table: explicitly"
-                              % ", ".join(MIGRATION_TABLES))
+                              % ", ".join(_pg.MIGRATION_TABLES))
         schema, name = found[0].split(".", 1)
-    columns, _rows = _pg_query(ctx, pg_sql.SQL("SELECT * FROM {}.{} LIMIT 0").format(
-        pg_sql.Identifier(schema), pg_sql.Identifier(name)))
+    columns, _rows = _pg_query(ctx, _pg.sql.SQL("SELECT * FROM {}.{} LIMIT 0").format(
+        _pg.sql.Identifier(schema), _pg.sql.Identifier(name)))
     # Order by every column, newest first on the first one: a total, repeatable order.
-    order = pg_sql.SQL(", ").join(
-        [pg_sql.SQL("{} DESC").format(pg_sql.Identifier(columns[0]))] +
-        [pg_sql.Identifier(c) for c in columns[1:]])
-    columns, rows = _pg_query(ctx, pg_sql.SQL("SELECT * FROM {}.{} ORDER BY {} LIMIT %s").format(
-        pg_sql.Identifier(schema), pg_sql.Identifier(name), order), (int(source.get("limit") or 1000),))
+    order = _pg.sql.SQL(", ").join(
+        [_pg.sql.SQL("{} DESC").format(_pg.sql.Identifier(columns[0]))] +
+        [_pg.sql.Identifier(c) for c in columns[1:]])
+    columns, rows = _pg_query(ctx, _pg.sql.SQL("SELECT * FROM {}.{} ORDER BY {} LIMIT %s").format(
+        _pg.sql.Identifier(schema), _pg.sql.Identifier(name), order), (int(source.get("limit") or 1000),))
     writer.write_yaml(source, "%s.yaml" % name, {
         "table": "%s.%s" % (schema, name),
         "columns": columns,
@@ -1244,41 +1207,20 @@ def capture_pg_migrations(ctx, source, writer):
     return {"table": "%s.%s" % (schema, name), "rows": len(rows)}
 
 
-_PG_DUMP_HAS_RESTRICT_KEY = {}
-
-
-def _pg_dump_supports_restrict_key(pg_dump):
-    if pg_dump not in _PG_DUMP_HAS_RESTRICT_KEY:
-        try:
-            out = subprocess.run([pg_dump, "--help"], capture_output=True, text=True, timeout=30, check=False).stdout
-        except (OSError, subprocess.SubprocessError):
-            out = ""
-        _PG_DUMP_HAS_RESTRICT_KEY[pg_dump] = "--restrict-key" in out
-    return _PG_DUMP_HAS_RESTRICT_KEY[pg_dump]
-
-
-def pg_env(params):
-    env = dict(os.environ)
-    for option, var in (("login_host", "PGHOST"), ("login_port", "PGPORT"), ("login_user", "PGUSER"),
-                        ("login_password", "PGPASSWORD"), ("db", "PGDATABASE")):
-        if params.get(option) not in (None, ""):
-            env[var] = str(params[option])
-    return env
-
-
 def capture_pg_schema(ctx, source, writer):
-    pg_dump = shutil.which("pg_dump")
-    if not pg_dump:
-        raise SourceError("pg_dump not found on PATH; install the PostgreSQL client (postgresql-client)")
+    try:
+        pg_dump = _pg.client_program("pg_dump")
+    except _pg.PgError as exc:
+        raise SourceError(exc.msg)
     argv = [pg_dump, "--schema-only", "--no-password"]
     for schema in source.get("schemas") or []:
         argv += ["--schema", schema]
-    if _pg_dump_supports_restrict_key(pg_dump):
+    if _pg.client_supports(pg_dump, "--restrict-key"):
         # pg_dump >= 15.14 writes a random \restrict key per run; a key fixed per rollback keeps
         # before/after dumps comparable and archives reproducible.
         argv.append("--restrict-key=%s" % hashlib.sha256(
             ("governed.rollback:" + ctx.params.get("rollback_id", "")).encode("utf-8")).hexdigest()[:32])
-    detail = _run_streamed(ctx, source, writer, argv, "schema.sql", env=pg_env(ctx.params), timeout=600,
+    detail = _run_streamed(ctx, source, writer, argv, "schema.sql", env=_pg.client_env(ctx.params), timeout=600,
                            stderr_name=None)
     if detail["rc"] != 0:
         writer.discard(source)
@@ -1308,7 +1250,10 @@ def capture_file(ctx, source, writer):
 
 
 def _git(repo, *args):
-    return subprocess.run(["git", "-C", repo] + list(args), capture_output=True, text=True, timeout=60, check=False)
+    try:
+        return _proc.run(["git", "-C", repo] + list(args), timeout=60)
+    except _proc.ProcError as exc:
+        raise SourceError(exc.msg)
 
 
 def capture_git_file(ctx, source, writer):
@@ -1316,10 +1261,10 @@ def capture_git_file(ctx, source, writer):
     if not shutil.which("git"):
         raise SourceError("git not found on PATH")
     resolved = _git(repo, "rev-parse", "--verify", "--quiet", "%s^{commit}" % ref)
-    if resolved.returncode != 0:
+    if resolved.rc != 0:
         raise SourceError("ref %s not found in git repository %s%s" % (
             ref, repo, (": " + resolved.stderr.strip()) if resolved.stderr.strip() else ""))
-    commit = resolved.stdout.strip()
+    commit = resolved.value.strip()
     argv = ["git", "-C", repo, "show", "%s:%s" % (commit, path.lstrip("/"))]
     detail = _run_streamed(ctx, source, writer, argv, os.path.basename(path), timeout=60, stderr_name=None)
     if detail["rc"] != 0:
@@ -1330,41 +1275,20 @@ def capture_git_file(ctx, source, writer):
 
 
 def _run_streamed(ctx, source, writer, argv, filename, env=None, timeout=60, chdir=None, stderr_name="stderr.txt"):
-    """Run argv (no shell), stream redacted stdout into a file; stderr to a temp file, tail kept."""
-    with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
-                                    env=env, cwd=chdir)
-        except OSError as exc:
-            raise SourceError("cannot run %s: %s" % (os.path.basename(argv[0]), exc.strerror or exc))
-        killed = []
+    """Run argv (no shell), stream redacted stdout into a file; redacted stderr kept as a file and its tail."""
+    def consume(chunks):
+        with writer.open(source, filename) as sink:
+            return write_redacted_lines(sink, iter_text_lines(chunks), ctx.line_redactor())
 
-        def kill():
-            killed.append(True)
-            proc.kill()
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        try:
-            with writer.open(source, filename) as sink:
-                lines = write_redacted_lines(sink, iter_text_lines(iter(lambda: proc.stdout.read(STREAM_CHUNK), b"")),
-                                             ctx.line_redactor())
-            rc = proc.wait()
-        finally:
-            timer.cancel()
-            proc.stdout.close()
-        timed_out = bool(killed)
-        err.seek(0)
-        stderr_bytes = err.read()
-        stderr_text = stderr_bytes.decode("utf-8", "replace")
-        detail = {"rc": rc, "lines": lines}
-        if stderr_text.strip():
-            redacted = _redact.redact_text(stderr_text, ctx.known_values())
-            detail["stderr_tail"] = redacted.strip()[-2000:]
-            if stderr_name:
-                writer.write_text(source, stderr_name, redacted)
-        if timed_out:
-            detail["stderr_tail"] = "killed after %ss timeout. %s" % (timeout, detail.get("stderr_tail", ""))
+    try:
+        done = _proc.stream(argv, consume, env=env, chdir=chdir, timeout=timeout, known_values=ctx.known_values())
+    except _proc.ProcError as exc:
+        raise SourceError(exc.msg)
+    detail = {"rc": done.rc, "lines": done.value}
+    if done.stderr.strip() and stderr_name:
+        writer.write_text(source, stderr_name, done.stderr)
+    if done.stderr.strip() or done.timed_out:
+        detail["stderr_tail"] = done.stderr_tail
     return detail
 
 
@@ -1499,7 +1423,7 @@ def capture_phase(ctx, evidence_dir, rollback_id, phase, sources, overwrite=Fals
         "phase": phase,
         "status": "in_progress",
         "incomplete": True,
-        "started_at": utcnow(),
+        "started_at": utc_stamp(),
         "finished_at": None,
         "files": [],
         "sources": [_source_entry(s) for s in sources],
@@ -1544,7 +1468,7 @@ def capture_phase(ctx, evidence_dir, rollback_id, phase, sources, overwrite=Fals
         "status": "aborted" if aborted else ("incomplete" if required_failed else "complete"),
         "incomplete": incomplete,
         "required_failed": required_failed,
-        "finished_at": utcnow(),
+        "finished_at": utc_stamp(),
         "files": files,
         "sources": entries,
         "failed_sources": failed,
@@ -1627,7 +1551,7 @@ def write_diffs(pack_dir, from_phase, to_phase, from_manifest, to_manifest):
     summary_rel = "%s/%s" % (DIFF_DIR, DIFF_SUMMARY)
     summary_path = os.path.join(pack_dir, DIFF_DIR, DIFF_SUMMARY)
     with open(summary_path, "w", encoding="utf-8") as handle:
-        handle.write(canonical_json(summary))
+        handle.write(pretty_json(summary))
     records.append({"path": summary_rel, "sha256": sha256_file(summary_path), "size": os.path.getsize(summary_path),
                     "source": DIFF_DIR, "type": "diff"})
     return summary, sorted(records, key=lambda r: r["path"])
@@ -1738,7 +1662,7 @@ def finalize_pack(ctx, evidence_dir, rollback_id):
     pack = {
         "schema": PACK_SCHEMA,
         "rollback_id": rollback_id,
-        "finalized_at": utcnow(),
+        "finalized_at": utc_stamp(),
         "phases": dict((phase, {
             "manifest": "%s/%s" % (phase, MANIFEST_NAME),
             "manifest_sha256": sha256_file(phase_manifest_path(pack_dir, phase)),
@@ -1767,7 +1691,7 @@ def finalize_pack(ctx, evidence_dir, rollback_id):
         "findings": 0})
     index_path = os.path.join(pack_dir, INDEX_NAME)
     with open(index_path, "w", encoding="utf-8") as handle:
-        handle.write(canonical_json(index))
+        handle.write(pretty_json(index))
     index_record = {"path": INDEX_NAME, "sha256": sha256_file(index_path)}
     members = [index_record] + data_records + diff_records
     previous = sha256_file(archive_path) if os.path.exists(archive_path) else None

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: governed.rollback contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Kubernetes client construction and API error translation, in one place.
+"""Kubernetes client construction, raw REST access and API error translation, in one place.
 
 Every module that talks to the API server builds its client here, so auth
 options, AWX-injected environment variables and error wording stay the same
@@ -16,7 +16,9 @@ import json
 import os
 import traceback
 
-from ansible.module_utils.basic import env_fallback, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.governed.rollback.plugins.module_utils._common import RollbackError
 
 K8S_IMP_ERR = None
 try:
@@ -31,16 +33,6 @@ except ImportError:  # pragma: no cover - exercised only without the library
     HAS_K8S = False
     ApiException = Exception  # so "except ApiException" stays valid
 
-
-K8S_AUTH_ARG_SPEC = dict(
-    kubeconfig=dict(type="path", fallback=(env_fallback, ["K8S_AUTH_KUBECONFIG", "KUBECONFIG"])),
-    context=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_CONTEXT"])),
-    host=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_HOST"])),
-    api_key=dict(type="str", no_log=True, fallback=(env_fallback, ["K8S_AUTH_API_KEY"])),
-    validate_certs=dict(type="bool", default=True, aliases=["verify_ssl"],
-                        fallback=(env_fallback, ["K8S_AUTH_VERIFY_SSL"])),
-    ca_cert=dict(type="path", aliases=["ssl_ca_cert"], fallback=(env_fallback, ["K8S_AUTH_SSL_CA_CERT"])),
-)
 
 FIELD_MANAGER = "governed-rollback"
 
@@ -62,12 +54,11 @@ RESOURCE_PATHS = {
 }
 
 
-class K8sError(Exception):
+class K8sError(RollbackError):
     """An API failure already turned into a sentence an operator can act on."""
 
     def __init__(self, msg, status=None, reason=None):
         super(K8sError, self).__init__(msg)
-        self.msg = msg
         self.status = status
         self.reason = reason
 

@@ -23,10 +23,8 @@ __metaclass__ = type
 import base64
 import binascii
 import copy
-import datetime
 import errno
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -34,6 +32,9 @@ import re
 import tempfile
 import traceback
 
+from ansible_collections.governed.rollback.plugins.module_utils._common import (
+    ROLLBACK_TYPES, RollbackError, new_rollback_id, sha256_hex, utc_now, utc_stamp,
+)
 from ansible_collections.governed.rollback.plugins.module_utils._redact import redact_text, scan_text
 from ansible_collections.governed.rollback.plugins.module_utils._receipt_schema import (
     CONDITIONS,
@@ -73,16 +74,9 @@ CHECKPOINT_TYPE = "https://governed.rollback/ledger-checkpoint/v1"
 GENESIS = "0" * 64
 GUARD_RULES = "receipt-secret-guard/v1"
 ENTRY_KEYS = ("seq", "prev", "rollback_id", "recorded_at", "receipt_sha256", "receipt", "signatures", "entry_sha256")
-SURFACES_BY_TYPE = {
-    "deployment": ["deployment"],
-    "configuration": ["config"],
-    "database": ["database"],
-    "policy": ["policy"],
-    "state": ["state"],
-}
 
 
-class ReceiptError(Exception):
+class ReceiptError(RollbackError):
     """A receipt or key that must not be written/used; the message says which field and what to do."""
 
     def __init__(self, msg, fields=None, secret=False):
@@ -92,7 +86,7 @@ class ReceiptError(Exception):
         self.secret = secret
 
 
-class LedgerError(Exception):
+class LedgerError(RollbackError):
     """The ledger does not verify; appending to it is refused."""
 
     def __init__(self, msg, result=None):
@@ -106,21 +100,6 @@ def missing_libraries():
     return sorted(IMPORT_ERRORS)
 
 
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def format_time(moment):
-    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def default_rollback_id(now=None):
-    """The runbook's ROLLBACK_ID, rollback-YYYYmmdd-HHMMSS (UTC), plus a random suffix: two rollbacks started
-    in the same second must not share an id (the roles generate the same shape)."""
-    stamp = (now or utc_now()).astimezone(datetime.timezone.utc).strftime("rollback-%Y%m%d-%H%M%S")
-    return "%s-%s" % (stamp, binascii.hexlify(os.urandom(3)).decode("ascii"))
-
-
 # --------------------------------------------------------------------------- canonical JSON and digests
 
 def canonical(obj):
@@ -129,10 +108,6 @@ def canonical(obj):
         return rfc8785.dumps(obj)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise ReceiptError("value cannot be canonicalized as JSON (RFC 8785): %s" % exc)
-
-
-def sha256_hex(data):
-    return hashlib.sha256(data).hexdigest()
 
 
 def receipt_sha256(receipt):
@@ -422,10 +397,10 @@ def build_receipt(fields, approval=None, evidence=None, signing_required=True, k
     assignments = (decision or {}).get("role_assignments") or {}
     rollback_type = fields.get("rollback_type") or (decision or {}).get("rollback_type")
     approved_by = _approved_by(fields.get("approved_by"), decision)
-    completed_at = fields.get("completed_at") or format_time(now)
+    completed_at = fields.get("completed_at") or utc_stamp(now)
     receipt = {
         "receipt_version": RECEIPT_VERSION,
-        "rollback_id": fields.get("rollback_id") or default_rollback_id(now),
+        "rollback_id": fields.get("rollback_id") or new_rollback_id(now),
         "run_type": fields.get("run_type") or ("ops.%s.rollback" % rollback_type if rollback_type else None),
         "rollback_type": rollback_type,
         "outcome": fields.get("outcome"),
@@ -441,7 +416,7 @@ def build_receipt(fields, approval=None, evidence=None, signing_required=True, k
         "current_ref": fields.get("current_ref"),
         "rollback_target_ref": fields.get("rollback_target_ref"),
         "changed_surfaces": (fields.get("changed_surfaces") if fields.get("changed_surfaces") is not None
-                             else list(SURFACES_BY_TYPE.get(rollback_type, []))),
+                             else list(ROLLBACK_TYPES.get(rollback_type, {}).get("surfaces", []))),
         "verification": _verification(fields.get("verification")),
         "notes": fields.get("notes"),
         "component": fields.get("component"),
@@ -951,7 +926,7 @@ def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=F
                 changed = _write_envelope_file(path, receipt_envelope(existing["receipt"], existing["signatures"]))
             return _result(existing, changed, path, ledger)
         signatures = _sign_receipt(receipt, signer)
-        entry = make_entry(state["entries"] + 1, state["last_entry_sha256"], receipt, signatures, format_time(now))
+        entry = make_entry(state["entries"] + 1, state["last_entry_sha256"], receipt, signatures, utc_stamp(now))
         path = envelope_path or envelope_path_for(ledger, receipt["rollback_id"])
         if check_mode:
             return _result(entry, True, path, ledger)
@@ -964,7 +939,7 @@ def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=F
         if not data:
             _fsync_dir(directory)
         atomic_write(head_path(ledger), canonical(make_checkpoint(entry["seq"], entry["entry_sha256"],
-                                                                  format_time(now), signer)) + b"\n")
+                                                                  utc_stamp(now), signer)) + b"\n")
         if signatures:
             _write_envelope_file(path, receipt_envelope(receipt, signatures))
         return _result(entry, True, path, ledger)
@@ -988,7 +963,7 @@ def _sign_receipt(receipt, signer):
 
 
 def _plan(receipt, signer, seq, envelope_path, ledger):
-    entry = make_entry(seq, GENESIS, receipt, _sign_receipt(receipt, signer), format_time(utc_now()))
+    entry = make_entry(seq, GENESIS, receipt, _sign_receipt(receipt, signer), utc_stamp(utc_now()))
     return _result(entry, True, envelope_path, ledger)
 
 

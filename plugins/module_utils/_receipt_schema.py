@@ -12,10 +12,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible_collections.governed.rollback.plugins.module_utils._common import ROLLBACK_TYPE_NAMES
+
 RECEIPT_VERSION = 1
 PREDICATE_TYPE = "https://governed.rollback/rollback-receipt/v1"
 
-ROLLBACK_TYPES = ["deployment", "configuration", "database", "policy", "state"]
+ROLLBACK_TYPES = list(ROLLBACK_TYPE_NAMES)
 OUTCOMES = ["succeeded", "failed", "denied"]
 VERIFICATION_KEYS = ["health", "policy_invariants", "contract_smoke", "health_check", "smoke_tests", "user_validation"]
 # The KFM runbook says pass|fail, the AUREUS one passed/pending: both vocabularies are accepted.

@@ -17,9 +17,12 @@ __metaclass__ = type
 
 import copy
 import hashlib
-import json
 from dataclasses import dataclass, field
 
+from ansible_collections.governed.rollback.plugins.module_utils._common import Refused, canonical_json
+from ansible_collections.governed.rollback.plugins.module_utils._k8s_objects import (
+    check_gitops, describe, is_controlled_by, selector_matches,
+)
 from ansible_collections.governed.rollback.plugins.module_utils._redact import mask_env, redacted_marker
 
 SUPPORTED_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
@@ -53,80 +56,10 @@ KUBECTL_ANNOTATIONS_TO_SKIP = frozenset([
 MAX_CHANGE_CAUSE_REASON = 200
 
 
-class RollbackRefused(Exception):
-    """The rollback cannot or must not happen; nothing was changed. ``code`` names the rule."""
-
-    def __init__(self, msg, code, **details):
-        super(RollbackRefused, self).__init__(msg)
-        self.msg = msg
-        self.code = code
-        self.details = details
-
-
-def describe(kind, namespace, name):
-    """``deployment aureus/aureus-frontend`` — how errors name the workload."""
-    return "%s %s/%s" % (kind.lower(), namespace, name)
-
-
 def check_kind(kind):
     if kind not in SUPPORTED_KINDS:
-        raise RollbackRefused("kind %s cannot be rolled back; supported kinds: %s" % (kind, ", ".join(SUPPORTED_KINDS)),
-                              "unsupported_kind")
-
-
-# --- label selectors and ownership ------------------------------------------------------------------------------
-
-
-def selector_to_string(selector):
-    """Render a LabelSelector (matchLabels and matchExpressions) as a list-call label selector string."""
-    selector = selector or {}
-    parts = ["%s=%s" % (key, value) for key, value in sorted((selector.get("matchLabels") or {}).items())]
-    for expr in selector.get("matchExpressions") or []:
-        key, operator, values = expr.get("key"), expr.get("operator"), sorted(expr.get("values") or [])
-        if operator == "In":
-            parts.append("%s in (%s)" % (key, ",".join(values)))
-        elif operator == "NotIn":
-            parts.append("%s notin (%s)" % (key, ",".join(values)))
-        elif operator == "Exists":
-            parts.append(key)
-        elif operator == "DoesNotExist":
-            parts.append("!" + key)
-        else:
-            raise ValueError("unsupported label selector operator %r for key %r" % (operator, key))
-    return ",".join(parts)
-
-
-def selector_matches(selector, labels):
-    """Whether ``labels`` satisfy the LabelSelector; an empty selector matches nothing (as for workloads)."""
-    selector = selector or {}
-    labels = labels or {}
-    match_labels = selector.get("matchLabels") or {}
-    expressions = selector.get("matchExpressions") or []
-    if not match_labels and not expressions:
-        return False
-    for key, value in match_labels.items():
-        if labels.get(key) != value:
-            return False
-    for expr in expressions:
-        key, operator, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if operator == "In" and labels.get(key) not in values:
-            return False
-        if operator == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if operator == "Exists" and key not in labels:
-            return False
-        if operator == "DoesNotExist" and key in labels:
-            return False
-    return True
-
-
-def is_controlled_by(obj, owner):
-    """metav1.IsControlledBy: a controller ownerReference carrying the owner's UID."""
-    uid = (owner.get("metadata") or {}).get("uid")
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("uid") == uid:
-            return True
-    return False
+        raise Refused("kind %s cannot be rolled back; supported kinds: %s" % (kind, ", ".join(SUPPORTED_KINDS)),
+                      "unsupported_kind")
 
 
 # --- templates --------------------------------------------------------------------------------------------------
@@ -159,10 +92,6 @@ def normalize_template(template):
 def templates_equal(left, right):
     """kubectl's equalIgnoreHash: semantic equality ignoring the ``pod-template-hash`` label."""
     return normalize_template(left) == normalize_template(right)
-
-
-def canonical_json(value):
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def template_sha256(template):
@@ -408,7 +337,7 @@ def _numbers(history):
 def _default_target(history, current, what):
     """kubectl's second-highest revision, but passing over revisions this collection fled from."""
     if len(history) < 2:
-        raise RollbackRefused(
+        raise Refused(
             "no rollout history found for %s: only revision %s exists, there is nothing to roll back to"
             % (what, _numbers(history)), "no_history", available_revisions=[r.number for r in history])
     skipped = []
@@ -423,7 +352,7 @@ def _default_target(history, current, what):
             how = "previous revision not rolled back from before (skipped %s)" % ", ".join(
                 "%d, fled at %s" % (s.number, s.fled_at) for s in skipped)
         return Selection(target=rev, how=how, skipped=[s.number for s in skipped])
-    raise RollbackRefused(
+    raise Refused(
         "every earlier revision of %s was rolled back from before (%s); choose one explicitly with to_revision "
         "(available revisions: %s)" % (what, ", ".join("%d at %s" % (s.number, s.fled_at) for s in skipped),
                                        _numbers(history)),
@@ -441,11 +370,11 @@ def _explicit_target(history, to_revision, what, revision_history_limit):
     available = [r.number for r in history]
     latest = max(available) if available else 0
     if to_revision > latest:
-        raise RollbackRefused(
+        raise Refused(
             "revision %d not found for %s: the latest revision is %d; available revisions: %s"
             % (to_revision, what, latest, _numbers(history)), "revision_not_found", available_revisions=available)
     limit = "" if revision_history_limit is None else " (revisionHistoryLimit=%s)" % revision_history_limit
-    raise RollbackRefused(
+    raise Refused(
         "revision %d of %s is no longer in its history: it was pruned%s; available revisions: %s. Choose one of "
         "those, or restore revision %d from an evidence snapshot" % (to_revision, what, limit, _numbers(history),
                                                                      to_revision),
@@ -456,7 +385,7 @@ def _image_target(history, to_image, what):
     running = [r for r in history if to_image in all_images_of(r.template)]
     if not running:
         listing = "; ".join("%d: %s" % (r.number, ", ".join(r.images)) for r in history) or "none"
-        raise RollbackRefused("no revision of %s runs image %s; revisions and their images: %s"
+        raise Refused("no revision of %s runs image %s; revisions and their images: %s"
                               % (what, to_image, listing), "image_not_found",
                               available_revisions=[r.number for r in history])
     fresh = [r for r in running if not r.fled_at]
@@ -479,12 +408,12 @@ def select_target_revision(history, to_revision=0, to_image=None, current=None, 
     if to_revision is None:
         to_revision = 0
     if to_revision < 0:
-        raise RollbackRefused("to_revision must be 0 (previous) or a positive revision number, not %d" % to_revision,
+        raise Refused("to_revision must be 0 (previous) or a positive revision number, not %d" % to_revision,
                               "bad_revision", available_revisions=[r.number for r in history])
     if to_image and to_revision:
-        raise RollbackRefused("to_revision and to_image are mutually exclusive; pass one of them", "bad_revision")
+        raise Refused("to_revision and to_image are mutually exclusive; pass one of them", "bad_revision")
     if not history:
-        raise RollbackRefused("no rollout history found for %s: it has no owned revisions" % what, "no_history",
+        raise Refused("no rollout history found for %s: it has no owned revisions" % what, "no_history",
                               available_revisions=[])
     if to_image:
         selection = _image_target(history, to_image, what)
@@ -501,57 +430,19 @@ def select_target_revision(history, to_revision=0, to_image=None, current=None, 
 # --- preconditions and ownership --------------------------------------------------------------------------------
 
 
-_GITOPS_PREFIXES = (
-    ("Argo CD", "argocd.argoproj.io/"),
-    ("Flux", "kustomize.toolkit.fluxcd.io/"),
-    ("Flux", "helm.toolkit.fluxcd.io/"),
-)
-_HELM_ANNOTATIONS = ("meta.helm.sh/release-name", "meta.helm.sh/release-namespace")
-# Flux leaves objects carrying these alone, so it will not revert an in-cluster rollback.
-_FLUX_HANDS_OFF = (("kustomize.toolkit.fluxcd.io/reconcile", "disabled"), ("kustomize.toolkit.fluxcd.io/ssa", "ignore"),
-                   ("kustomize.toolkit.fluxcd.io/ssa", "ifnotpresent"))
-
-
-def gitops_owners(obj):
-    """GitOps / Helm ownership evidence on an object: a list of ``{tool, where, key, value}``, empty when none."""
-    meta = obj.get("metadata") or {}
-    found = []
-    sources = (("label", meta.get("labels") or {}), ("annotation", meta.get("annotations") or {}))
-    hands_off = any(str(src.get(key, "")).lower() == value for _where, src in sources for key, value in _FLUX_HANDS_OFF)
-    for where, source in sources:
-        for key in sorted(source):
-            value = source[key]
-            for tool, prefix in _GITOPS_PREFIXES:
-                if key.startswith(prefix) and not (tool == "Flux" and hands_off):
-                    found.append({"tool": tool, "where": where, "key": key, "value": value})
-            if where == "label" and key == "app.kubernetes.io/managed-by" and str(value).lower() == "helm":
-                found.append({"tool": "Helm", "where": where, "key": key, "value": value})
-            if where == "annotation" and key in _HELM_ANNOTATIONS:
-                found.append({"tool": "Helm", "where": where, "key": key, "value": value})
-    return found
-
-
-def gitops_tools(owners):
-    tools = []
-    for owner in owners:
-        if owner["tool"] not in tools:
-            tools.append(owner["tool"])
-    return tools
-
-
 def check_preconditions(kind, workload, what):
     """Refuse a paused Deployment and any workload whose controller has not observed its latest spec."""
     spec = workload.get("spec") or {}
     meta = workload.get("metadata") or {}
     status = workload.get("status") or {}
     if kind == "Deployment" and spec.get("paused"):
-        raise RollbackRefused(
+        raise Refused(
             "you cannot roll back a paused deployment: %s is paused; resume it first (kubectl rollout resume "
             "deployment/%s -n %s) and try again" % (what, meta.get("name"), meta.get("namespace")), "paused")
     generation = meta.get("generation") or 0
     observed = status.get("observedGeneration") or 0
     if observed < generation:
-        raise RollbackRefused(
+        raise Refused(
             "%s has generation %d but its controller has only observed generation %d, so its revision history is "
             "not final; wait for the controller (is kube-controller-manager running?) and try again"
             % (what, generation, observed), "generation_not_observed")
@@ -703,6 +594,8 @@ class RollbackPlan:
     how: str
     previous_revision: int
     resource_version: str
+    uid: str = ""
+    generation: int = 0
     patch: object = None
     change_cause: str = ""
     warnings: list = field(default_factory=list)
@@ -743,6 +636,45 @@ class RollbackPlan:
             "resource_version_before": self.resource_version,
         }
 
+    def binding(self):
+        """What an approval of this plan is for: the workload (uid, generation) and the from/to revisions with
+        their template digests. The act call refuses when the world no longer matches it."""
+        current = self.current
+        return {
+            "uid": self.uid,
+            "generation": self.generation,
+            "from_revision": current.number if current else None,
+            "from_template_sha256": current.sha256 if current else None,
+            "to_revision": self.target.number,
+            "to_template_sha256": self.target.sha256,
+        }
+
+    def contract(self):
+        """The plan contract every action module returns (docs/plan-contract.md)."""
+        current = self.current
+        return {
+            "from_ref": ("sha256:" + current.sha256) if current else None,
+            "to_ref": "sha256:" + self.target.sha256,
+            "approval_facts": {"to_revision": self.target.number, "previous_revision": self.previous_revision},
+            "binding": self.binding(),
+            "receipt_fields": {
+                "component": self.name,
+                "changed_surfaces": ["deployment"],
+                "current_ref": ("sha256:" + current.sha256) if current else None,
+                "rollback_target_ref": "sha256:" + self.target.sha256,
+                "from_version": ",".join(current.images) if current and current.images else None,
+                "to_version": ",".join(self.target.images) or None,
+                "details": {
+                    "kind": self.kind,
+                    "namespace": self.namespace,
+                    "from_revision": current.number if current else None,
+                    "to_revision": self.target.number,
+                    "from_replicaset": current.name if current else None,
+                    "to_replicaset": self.target.name,
+                },
+            },
+        }
+
     def plan(self):
         return {
             "action": "none" if self.skipped_reason else "rollback",
@@ -764,26 +696,14 @@ def plan_rollback(kind, workload, items, to_revision=0, to_image=None, allow_git
                   actor=None, incident_id=None, reason=None):
     """Everything up to (not including) the API call: checks, target, patch, warnings.
 
-    Raises RollbackRefused when the rollback must not happen. A target equal to the current template yields a
+    Raises Refused when the rollback must not happen. A target equal to the current template yields a
     plan with ``skipped_reason`` and no patch.
     """
     check_kind(kind)
     meta = workload.get("metadata") or {}
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     what = describe(kind, namespace, name)
-    owners = gitops_owners(workload)
-    warnings = []
-    if owners:
-        tools = " and ".join(gitops_tools(owners))
-        evidence = ", ".join("%s %s=%s" % (o["where"], o["key"], o["value"]) for o in owners)
-        if not allow_gitops_drift:
-            raise RollbackRefused(
-                "refusing to roll back %s: it is managed by %s (%s), which would undo an in-cluster rollback on "
-                "its next sync; revert the change in its source (Git / chart values) instead, or pass "
-                "allow_gitops_drift=true to roll back in-cluster now and revert the source right after"
-                % (what, tools, evidence), "gitops_owned", gitops_owners=owners)
-        warnings.append("%s is managed by %s (%s): revert the change in the GitOps source too, or its next sync "
-                        "will re-deploy the revision being rolled back" % (what, tools, evidence))
+    owners, warnings = check_gitops(what, workload, allow_gitops_drift, "the revision being rolled back")
     check_preconditions(kind, workload, what)
     history = build_history(kind, workload, items)
     current = current_revision(history, workload)
@@ -792,13 +712,14 @@ def plan_rollback(kind, workload, items, to_revision=0, to_image=None, allow_git
                                        spec.get("revisionHistoryLimit"))
     try:
         previous = _default_target(history, current, what).target.number
-    except RollbackRefused:
+    except Refused:
         previous = None
     warnings.extend(selection.warnings)
     warnings.extend(rollback_warnings(kind, workload, what))
     plan = RollbackPlan(kind=kind, namespace=namespace, name=name, history=history, current=current,
                         target=selection.target, how=selection.how, previous_revision=previous,
-                        resource_version=meta.get("resourceVersion", ""), warnings=warnings, owners=owners)
+                        resource_version=meta.get("resourceVersion", ""), uid=meta.get("uid", ""),
+                        generation=meta.get("generation") or 0, warnings=warnings, owners=owners)
     if templates_equal(selection.target.template, spec.get("template")):
         plan.skipped_reason = "skipped rollback: the current template of %s already matches revision %d (%s)" % (
             what, selection.target.number, selection.how)
@@ -811,3 +732,4 @@ def plan_rollback(kind, workload, items, to_revision=0, to_image=None, allow_git
     else:
         plan.patch = controller_revision_patch(plan.resource_version, selection.target.data, plan.change_cause)
     return plan
+

@@ -229,24 +229,9 @@ options:
     type: list
     elements: str
     default: []
-  login_host:
-    description: PostgreSQL host (C(pg_*) sources). Falls back to E(PGHOST).
-    type: str
-  login_port:
-    description: PostgreSQL port. Falls back to E(PGPORT).
-    type: int
-  login_user:
-    description: PostgreSQL user. Falls back to E(PGUSER).
-    type: str
-  login_password:
-    description: PostgreSQL password. Falls back to E(PGPASSWORD). Passed to C(pg_dump) in its environment, never logged.
-    type: str
-  db:
-    description: PostgreSQL database. Falls back to E(PGDATABASE).
-    type: str
-    aliases: [login_db]
 extends_documentation_fragment:
   - governed.rollback.k8s_auth
+  - governed.rollback.postgres
   - governed.rollback.attributes
   - governed.rollback.attributes.ACTIONGROUP_K8S_POSTGRES
 attributes:
@@ -438,12 +423,9 @@ preflight:
 import os
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
-from ansible_collections.governed.rollback.plugins.module_utils import _evidence, _redact
-from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
-    K8S_AUTH_ARG_SPEC,
-    build_api_client,
-    require_k8s,
-)
+from ansible_collections.governed.rollback.plugins.module_utils import _argspec, _evidence, _redact
+from ansible_collections.governed.rollback.plugins.module_utils._common import RollbackError, fail_from_exception
+from ansible_collections.governed.rollback.plugins.module_utils._k8s import build_api_client, require_k8s
 
 SOURCE_OPTIONS = dict(
     type=dict(type="str", required=True, choices=sorted(_evidence.SOURCE_TYPES)),
@@ -477,17 +459,8 @@ SOURCE_OPTIONS = dict(
     chdir=dict(type="path"),
 )
 
-PG_ARG_SPEC = dict(
-    login_host=dict(type="str", fallback=(env_fallback, ["PGHOST"])),
-    login_port=dict(type="int", fallback=(env_fallback, ["PGPORT"])),
-    login_user=dict(type="str", fallback=(env_fallback, ["PGUSER"])),
-    login_password=dict(type="str", no_log=True, fallback=(env_fallback, ["PGPASSWORD"])),
-    db=dict(type="str", aliases=["login_db"], fallback=(env_fallback, ["PGDATABASE"])),
-)
-
-
 def argument_spec():
-    spec = dict(
+    return _argspec.compose(dict(
         rollback_id=dict(type="str", required=True),
         phase=dict(type="str", required=True, choices=list(_evidence.PHASES)),
         evidence_dir=dict(type="path", fallback=(env_fallback, ["GOVERNED_ROLLBACK_EVIDENCE_DIR"])),
@@ -499,10 +472,7 @@ def argument_spec():
         max_workers=dict(type="int", default=8),
         scan_referenced_secrets=dict(type="bool", default=True),
         scan_allowlist=dict(type="list", elements="str", default=[]),
-    )
-    spec.update(K8S_AUTH_ARG_SPEC)
-    spec.update(PG_ARG_SPEC)
-    return spec
+    ), _argspec.K8S_AUTH, _argspec.PG_CONN)
 
 
 def hide_url_credentials(module, sources):
@@ -534,8 +504,8 @@ def run(module):
         _evidence.validate_rollback_id(rollback_id)
         sources = _evidence.normalize_sources(params["sources"])
         preflight = _evidence.preflight(params["evidence_dir"], params["min_free_mb"])
-    except _evidence.EvidenceError as exc:
-        module.fail_json(msg=str(exc), rollback_id=rollback_id, phase=phase, changed=False)
+    except RollbackError as exc:
+        fail_from_exception(module, exc, rollback_id=rollback_id, phase=phase, changed=False)
     hide_url_credentials(module, sources)
     evidence_dir = preflight["path"]
     pack_dir = os.path.join(evidence_dir, rollback_id)
@@ -626,7 +596,10 @@ def run(module):
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    run(module)
+    try:
+        run(module)
+    except Exception as exc:  # pylint: disable=broad-except  # anything unforeseen still ends in fail_json
+        fail_from_exception(module, exc, rollback_id=module.params["rollback_id"], phase=module.params["phase"])
 
 
 if __name__ == "__main__":

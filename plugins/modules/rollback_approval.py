@@ -72,16 +72,15 @@ options:
     description: Ask for the emergency override when the ordinary approvals are not complete.
     type: bool
     default: false
-  target_revision:
+  approval_facts:
     description:
-      - For O(rollback_type=deployment), the resolved revision being rolled back to.
-      - The row is C(deployment_last) when it equals O(previous_revision), else C(deployment_older).
-    type: int
-  previous_revision:
-    description:
-      - For O(rollback_type=deployment), the resolved revision just before the current one.
-      - The caller resolves both revisions from the rollout history; this module never guesses.
-    type: int
+      - What the matrix needs to know about this rollback, as returned by the action module's plan
+        (RV(governed.rollback.rollout_undo#module:approval_facts) and the like). See C(docs/plan-contract.md).
+      - For O(rollback_type=deployment) it must hold C(to_revision) and C(previous_revision), both resolved from the
+        rollout history; the row is C(deployment_last) when they are equal (the last good version), else
+        C(deployment_older). The module never guesses which row applies.
+      - The other rollback types have one row each and need no facts.
+    type: dict
   matrix:
     description:
       - Rows replacing those of the default matrix, keyed by row name (C(deployment_last), C(deployment_older),
@@ -112,8 +111,7 @@ EXAMPLES = r"""
     rollback_type: deployment
     requested_by: oncall
     roster: "{{ rollback_roster }}"
-    target_revision: 2
-    previous_revision: 2
+    approval_facts: "{{ plan.approval_facts }}"  # registered from rollout_undo in check mode
 
 - name: P0 emergency override of a policy rollback, CISO approving
   governed.rollback.rollback_approval:
@@ -195,8 +193,7 @@ decision:
     - Keys include approved, rule, rule_label, approval_path (approval, auto_approval, emergency_override, denied),
       rollback_type, requested_by, approved_by, role_assignments, required_roles, missing_roles, ignored_approvals,
       priority, incident_commander, emergency_requested, emergency, emergency_extra_roles, retroactive_approval_due,
-      retroactive_roles, post_incident_review, evaluated_at, matrix_sha256, target_revision, previous_revision,
-      message.
+      retroactive_roles, post_incident_review, evaluated_at, matrix_sha256, approval_facts, message.
   returned: always
   type: dict
 """
@@ -206,9 +203,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.governed.rollback.plugins.module_utils._approval import (
     PRIORITIES,
     ROLLBACK_TYPES,
-    ApprovalError,
     evaluate,
 )
+from ansible_collections.governed.rollback.plugins.module_utils._common import RollbackError, fail_from_exception
 
 RETURN_KEYS = ("approved", "rule", "missing_roles", "emergency", "retroactive_approval_due", "post_incident_review",
                "approved_by", "message")
@@ -224,11 +221,9 @@ def main():
             priority=dict(type="str", choices=list(PRIORITIES)),
             incident_commander=dict(type="str"),
             emergency_override=dict(type="bool", default=False),
-            target_revision=dict(type="int"),
-            previous_revision=dict(type="int"),
+            approval_facts=dict(type="dict"),
             matrix=dict(type="dict"),
         ),
-        required_if=[("rollback_type", "deployment", ("target_revision", "previous_revision"))],
         supports_check_mode=True,
     )
     params = module.params
@@ -236,11 +231,11 @@ def main():
         decision = evaluate(
             params["rollback_type"], params["requested_by"], params["approvals"], params["roster"],
             priority=params["priority"], incident_commander=params["incident_commander"],
-            emergency_override=params["emergency_override"], target_revision=params["target_revision"],
-            previous_revision=params["previous_revision"], matrix=params["matrix"],
+            emergency_override=params["emergency_override"], approval_facts=params["approval_facts"],
+            matrix=params["matrix"],
         )
-    except ApprovalError as exc:
-        module.fail_json(msg=str(exc), approved=False)
+    except RollbackError as exc:
+        fail_from_exception(module, exc, approved=False)
 
     result = dict((key, decision[key]) for key in RETURN_KEYS)
     result.update(changed=False, decision=decision)

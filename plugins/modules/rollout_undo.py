@@ -67,25 +67,17 @@ options:
         GitOps source must be reverted too, or the next sync re-deploys the revision being rolled back.
     type: bool
     default: false
-  actor:
-    description: Who requested the rollback; recorded in the C(kubernetes.io/change-cause) annotation.
-    type: str
-  incident_id:
-    description: Incident or ticket id; recorded in the C(kubernetes.io/change-cause) annotation.
-    type: str
-  reason:
-    description: Why; recorded (shortened to 200 characters) in the C(kubernetes.io/change-cause) annotation.
-    type: str
   wait:
     description:
       - Wait until the rollout is complete (C(kubectl rollout status) semantics) or has failed.
       - When the workload already runs the target revision the task still waits, so a re-run confirms completion.
-    type: bool
-    default: true
-  wait_timeout:
-    description: Seconds to wait before failing the task.
-    type: int
-    default: 300
+  expected_binding:
+    description:
+      - The RV(binding) of an earlier check-mode plan, i.e. what was approved.
+      - The rollback is refused, changing nothing, when a fresh read no longer matches it (someone deployed, scaled
+        a new template or rolled back in between), so the rollback done is the one approved. Only the given keys
+        are compared.
+    type: dict
   mark_fled:
     description:
       - Mark the revision rolled back from (annotations C(rollback.governed.io/fled-at), C(fled-revision),
@@ -95,6 +87,8 @@ options:
     default: true
 extends_documentation_fragment:
   - governed.rollback.k8s_auth
+  - governed.rollback.runbook_context
+  - governed.rollback.wait
   - governed.rollback.attributes
   - governed.rollback.attributes.ACTIONGROUP_K8S
 attributes:
@@ -154,6 +148,35 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+from_ref:
+  description: The plan contract's from reference - digest of the pod template the workload ran before.
+  returned: when a target was selected
+  type: str
+  sample: sha256:6f1e0b0c2b0c5cf5bb6e86a1b5c1fb9d0e8a3a4e7d6c5b4a39281706f5e4d3c2
+to_ref:
+  description: The plan contract's to reference - digest of the target revision's pod template.
+  returned: when a target was selected
+  type: str
+  sample: sha256:0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9
+approval_facts:
+  description:
+    - What M(governed.rollback.rollback_approval) needs to pick the matrix row (its O(governed.rollback.rollback_approval#module:approval_facts)).
+    - C(to_revision) and C(previous_revision); equal means a rollback to the last good version.
+  returned: when a target was selected
+  type: dict
+  sample: {"to_revision": 2, "previous_revision": 2}
+binding:
+  description:
+    - What an approval of this plan is for - C(uid), C(generation), C(from_revision), C(from_template_sha256),
+      C(to_revision), C(to_template_sha256). Pass it back as O(expected_binding) on the real run.
+  returned: when a target was selected
+  type: dict
+receipt_fields:
+  description:
+    - The deployment's receipt fields (C(component), C(changed_surfaces), C(current_ref), C(rollback_target_ref),
+      C(from_version), C(to_version), C(details)), for M(governed.rollback.rollback_receipt).
+  returned: when a target was selected
+  type: dict
 kind:
   description: Kind of the workload.
   returned: always
@@ -288,7 +311,7 @@ skipped_reason:
 refused:
   description: The rule that refused the rollback (nothing changed) - C(not_found), C(unsupported_kind), C(paused),
     C(generation_not_observed), C(no_history), C(revision_not_found), C(revision_pruned), C(image_not_found),
-    C(all_fled), C(bad_revision), C(gitops_owned), C(forbidden), C(conflict).
+    C(all_fled), C(bad_revision), C(gitops_owned), C(forbidden), C(conflict), C(changed_since_approved).
   returned: on refusal
   type: str
   sample: revision_pruned
@@ -376,147 +399,42 @@ resource_version_after:
   type: str
 """
 
-import datetime
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.governed.rollback.plugins.module_utils import _argspec, _workload
+from ansible_collections.governed.rollback.plugins.module_utils._common import (
+    Refused, check_binding, fail_from_exception, utc_stamp,
+)
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
-    FIELD_MANAGER, K8S_AUTH_ARG_SPEC, ApiException, K8sError, KubeRest, build_api_client, explain_api_exception,
-    require_k8s,
+    FIELD_MANAGER, K8sError, KubeRest, build_api_client, require_k8s,
 )
+from ansible_collections.governed.rollback.plugins.module_utils._k8s_objects import selector_to_string
 from ansible_collections.governed.rollback.plugins.module_utils._revisions import (
-    RollbackRefused, check_kind, describe, fled_marks, mask_patch, mask_template, normalize_template,
-    plan_rollback, pod_summaries, renumber_marks, selector_to_string, build_history, CHANGE_CAUSE_ANNOTATION,
+    CHANGE_CAUSE_ANNOTATION, SUPPORTED_KINDS, check_kind, fled_marks, mask_patch, mask_template, normalize_template,
+    plan_rollback, renumber_marks,
 )
-from ansible_collections.governed.rollback.plugins.module_utils._rollout import (
-    FAILED, WaitResult, patch_time, wait_for_rollout,
-)
-
-# kind -> (plural resource for messages, history kind, history resource for messages)
-KINDS = {
-    "Deployment": ("deployments.apps", "ReplicaSet", "replicasets.apps"),
-    "StatefulSet": ("statefulsets.apps", "ControllerRevision", "controllerrevisions.apps"),
-    "DaemonSet": ("daemonsets.apps", "ControllerRevision", "controllerrevisions.apps"),
-}
-JSON_PATCH = "application/json-patch+json"
-STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
-MERGE_PATCH = "application/merge-patch+json"
-
-
-def _call(what, verb, resource, namespace, name, method, *args, **kwargs):
-    """One API call returning the decoded JSON; API errors become RollbackRefused (403/404) or K8sError."""
-    try:
-        return method(*args, **kwargs)
-    except ApiException as exc:
-        error = explain_api_exception(exc, verb, resource, namespace, name)
-        if error.status == 403:
-            raise RollbackRefused(error.msg, "forbidden")
-        if error.status == 404 and verb == "get":
-            raise RollbackRefused("%s not found; check the name, namespace and kind (kubectl get %s -n %s)"
-                                  % (what, resource.split(".")[0], namespace), "not_found")
-        raise error
-
-
-def read_workload(api, kind, namespace, name):
-    return _call(describe(kind, namespace, name), "get", KINDS[kind][0], namespace, name, api.get, kind, namespace,
-                 name)
-
-
-def read_history(api, kind, workload):
-    """The raw history objects: listed with the workload's full selector (ownership is checked by the planner)."""
-    meta = workload["metadata"]
-    history_kind, resource = KINDS[kind][1], KINDS[kind][2]
-    selector = selector_to_string((workload.get("spec") or {}).get("selector"))
-    listing = _call(describe(kind, meta["namespace"], meta["name"]), "list", resource, meta["namespace"], None,
-                    api.list_page, history_kind, meta["namespace"], [("labelSelector", selector)])
-    return listing.get("items") or []
-
-
-def read_state(api, kind, namespace, name):
-    """Read the workload and its history: everything the plan is computed from."""
-    workload = read_workload(api, kind, namespace, name)
-    return workload, read_history(api, kind, workload)
-
-
-def observe_pods(api, kind, namespace, name):
-    """After the rollout: the workload's live pods, mapped to the (re-read, renumbered) history."""
-    workload, history_items = read_state(api, kind, namespace, name)
-    selector = selector_to_string((workload.get("spec") or {}).get("selector"))
-    listing = _call(describe(kind, namespace, name), "list", "pods", namespace, None,
-                    api.list_page, "Pod", namespace, [("labelSelector", selector)])
-    history = build_history(kind, workload, history_items)
-    return pod_summaries(kind, workload, history, listing.get("items") or [])
-
-
-def _changed_since_read(api, plan, error):
-    """Whether a refused patch failed on our resourceVersion precondition.
-
-    A strategic-merge precondition fails with 409; a failed JSON-patch ``test`` comes back as a bare 422 ("the
-    server rejected our request"), so the workload is re-read to tell a concurrent change from an invalid patch.
-    """
-    if error.status == 409:
-        return True
-    if error.status != 422:
-        return False
-    try:
-        now = read_workload(api, plan.kind, plan.namespace, plan.name)
-    except (RollbackRefused, K8sError):
-        return False
-    return now["metadata"].get("resourceVersion") != plan.resource_version
+from ansible_collections.governed.rollback.plugins.module_utils._rollout import patch_time
 
 
 def send_patch(api, plan, dry_run=False):
     """Apply (or dry-run) the plan's patch; a concurrent change since the read is refused as a conflict."""
-    content_type = JSON_PATCH if plan.kind == "Deployment" else STRATEGIC_MERGE_PATCH
-    try:
-        return _call(plan.what, "patch", KINDS[plan.kind][0], plan.namespace, plan.name, api.patch, plan.kind,
-                     plan.namespace, plan.name, plan.patch, content_type, dry_run=dry_run)
-    except K8sError as error:
-        if _changed_since_read(api, plan, error):
-            raise RollbackRefused(
-                "conflict: %s changed after it was read (resourceVersion %s) and before the rollback patch; nothing "
-                "was overwritten and nothing changed. Find out who changed it, then re-run to re-read and re-plan"
-                % (plan.what, plan.resource_version), "conflict")
-        raise
-
-
-def annotate_history(api, kind, namespace, name, annotations):
-    """Merge-patch annotations onto a ReplicaSet or ControllerRevision (bookkeeping, never the rollback itself)."""
-    history_kind, resource = KINDS[kind][1], KINDS[kind][2]
-    return _call("%s %s/%s" % (resource, namespace, name), "patch", resource, namespace, name, api.patch,
-                 history_kind, namespace, name, {"metadata": {"annotations": annotations}}, MERGE_PATCH)
-
-
-def fetcher(api, kind, namespace, name):
-    """fetch() for the wait loop: the workload, or None once it is gone."""
-
-    def fetch():
-        try:
-            return read_workload(api, kind, namespace, name)
-        except RollbackRefused as refused:
-            if refused.code == "not_found":
-                return None
-            raise
-
-    return fetch
-
-
-def _utc_stamp(when):
-    when = when or datetime.datetime.now(datetime.timezone.utc)
-    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    content_type = _workload.JSON_PATCH if plan.kind == "Deployment" else _workload.STRATEGIC_MERGE_PATCH
+    return _workload.patch_workload(api, plan.kind, plan.namespace, plan.name, plan.patch, content_type,
+                                    plan.resource_version, "the rollback patch", dry_run=dry_run)
 
 
 def bookkeeping(api, plan, patched, params):
     """Mark the revision fled and, for ControllerRevisions, keep the old number and change-cause on the target."""
     warnings = []
     marked = None
-    when = _utc_stamp(patch_time(patched, FIELD_MANAGER))
+    when = utc_stamp(patch_time(patched, FIELD_MANAGER))
     if params["mark_fled"] and plan.current is not None and plan.current is not plan.target:
         try:
-            annotate_history(api, plan.kind, plan.namespace, plan.current.name,
+            _workload.annotate_history(api, plan.kind, plan.namespace, plan.current.name,
                              fled_marks(plan.current, when, params.get("actor"), params.get("incident_id")))
             marked = plan.current.name
-        except (RollbackRefused, K8sError) as error:
+        except (Refused, K8sError) as error:
             warnings.append("the rollback succeeded but revision %d (%s) could not be marked as fled, so a later "
                             "to_revision=0 may pick it again: %s"
                             % (plan.current.number, plan.current.name, getattr(error, "msg", error)))
@@ -524,8 +442,8 @@ def bookkeeping(api, plan, patched, params):
         marks = renumber_marks(plan.target)
         marks[CHANGE_CAUSE_ANNOTATION] = plan.change_cause
         try:
-            annotate_history(api, plan.kind, plan.namespace, plan.target.name, marks)
-        except (RollbackRefused, K8sError) as error:
+            _workload.annotate_history(api, plan.kind, plan.namespace, plan.target.name, marks)
+        except (Refused, K8sError) as error:
             warnings.append("could not record the change-cause on %s: %s" % (plan.target.name,
                                                                              getattr(error, "msg", error)))
     return marked, warnings
@@ -557,13 +475,7 @@ class Outcome(object):
 
 
 def _wait(api, plan, params, outcome, patched_at=None, uid=None):
-    started = time.monotonic()
-    try:
-        waited = wait_for_rollout(fetcher(api, plan.kind, plan.namespace, plan.name), plan.kind,
-                                  params["wait_timeout"], patched_at=patched_at, uid=uid)
-    except (RollbackRefused, K8sError) as error:
-        waited = WaitResult(FAILED, "could not read %s while waiting: %s" % (plan.what, getattr(error, "msg", error)),
-                            time.monotonic() - started)
+    waited = _workload.wait(api, plan.kind, plan.namespace, plan.name, params["wait_timeout"], patched_at, uid)
     outcome.timings["wait"] = waited.elapsed_seconds
     outcome.result["wait"] = waited.as_dict()
     return waited
@@ -571,8 +483,8 @@ def _wait(api, plan, params, outcome, patched_at=None, uid=None):
 
 def _observe(api, plan, outcome):
     try:
-        outcome.result["pods"] = observe_pods(api, plan.kind, plan.namespace, plan.name)
-    except (RollbackRefused, K8sError) as error:
+        outcome.result["pods"] = _workload.observe_pods(api, plan.kind, plan.namespace, plan.name)
+    except (Refused, K8sError) as error:
         outcome.result["rollback_warnings"].append("could not list the pods of %s after the rollout: %s"
                                                    % (plan.what, getattr(error, "msg", error)))
 
@@ -593,19 +505,24 @@ def execute(api, params, check_mode=False, diff=False):
     result = outcome.result
     try:
         check_kind(kind)
-        workload, items = read_state(api, kind, namespace, name)
+        workload, items = _workload.read_state(api, kind, namespace, name)
         outcome.timings["read"] = time.monotonic() - outcome.started
         result["resource_version_before"] = result["resource_version_after"] = workload["metadata"]["resourceVersion"]
         result["selector"] = selector_to_string((workload.get("spec") or {}).get("selector") or {})
         plan = plan_rollback(kind, workload, items, params["to_revision"], params.get("to_image"),
                              params.get("allow_gitops_drift"), params.get("actor"), params.get("incident_id"),
                              params.get("reason"))
-    except RollbackRefused as refused:
+    except Refused as refused:
         return outcome.fail(refused.msg, refused=refused.code, **refused.details).close()
     except K8sError as error:
         return outcome.fail(error.msg).close()
 
     result.update(plan.summary())
+    result.update(plan.contract())
+    try:
+        check_binding(plan.what, params.get("expected_binding"), plan.binding())
+    except Refused as refused:
+        return outcome.fail(refused.msg, refused=refused.code).close()
     result.update(history=[r.summary() for r in plan.history], gitops_owners=plan.owners,
                   rollback_warnings=list(plan.warnings), patch_type=plan.patch_type)
     if diff:
@@ -629,7 +546,7 @@ def execute(api, params, check_mode=False, diff=False):
     patch_started = time.monotonic()
     try:
         patched = send_patch(api, plan, dry_run=check_mode)
-    except RollbackRefused as refused:
+    except Refused as refused:
         return outcome.fail(refused.msg, refused=refused.code).close()
     except K8sError as error:
         return outcome.fail("rollback of %s to revision %d failed, nothing was changed: %s"
@@ -657,29 +574,27 @@ def execute(api, params, check_mode=False, diff=False):
     return outcome.close()
 
 
-def main():
-    argument_spec = dict(
-        kind=dict(type="str", default="Deployment", choices=["Deployment", "StatefulSet", "DaemonSet"]),
+def argument_spec():
+    return _argspec.compose(dict(
+        kind=dict(type="str", default="Deployment", choices=list(SUPPORTED_KINDS)),
         name=dict(type="str", required=True),
         namespace=dict(type="str", required=True),
         to_revision=dict(type="int", default=0),
         to_image=dict(type="str"),
         allow_gitops_drift=dict(type="bool", default=False),
-        actor=dict(type="str"),
-        incident_id=dict(type="str"),
-        reason=dict(type="str"),
-        wait=dict(type="bool", default=True),
-        wait_timeout=dict(type="int", default=300),
+        expected_binding=dict(type="dict"),
         mark_fled=dict(type="bool", default=True),
-    )
-    argument_spec.update(K8S_AUTH_ARG_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    ), _argspec.K8S_AUTH, _argspec.RUNBOOK_CONTEXT, _argspec.WAIT)
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     require_k8s(module)
     try:
         api = KubeRest(build_api_client(module.params))
-    except K8sError as error:
-        module.fail_json(msg=error.msg)
-    outcome = execute(api, module.params, module.check_mode, module._diff)
+        outcome = execute(api, module.params, module.check_mode, module._diff)
+    except Exception as exc:  # pylint: disable=broad-except  # anything unforeseen still ends in fail_json
+        fail_from_exception(module, exc, changed=False)
     for warning in outcome.result["rollback_warnings"]:
         module.warn(warning)
     if outcome.failed_msg:

@@ -15,6 +15,9 @@ import time
 import pytest
 
 from ansible_collections.governed.rollback.plugins.module_utils import _revisions as rev
+from ansible_collections.governed.rollback.plugins.module_utils import _workload
+from ansible_collections.governed.rollback.plugins.module_utils._common import Refused
+from ansible_collections.governed.rollback.plugins.module_utils._k8s import K8sError
 from ansible_collections.governed.rollback.plugins.modules import rollout_undo
 from tests.integration import _playbook as pb
 from tests.sandbox_fixtures import get, items, wait_until
@@ -270,10 +273,10 @@ def test_check_mode_changes_nothing_and_returns_a_plan(kubectl, run_module, name
 def test_check_mode_with_an_invalid_patch_is_refused_by_the_server(kubectl, api, namespace):
     """The dry run is real: the API server validates the patch, so a plan that cannot apply fails in check mode."""
     workload_with_history(kubectl, namespace, ["app:v1", "app:v2"])
-    workload, history_items = rollout_undo.read_state(api, "Deployment", namespace, "web")
+    workload, history_items = _workload.read_state(api, "Deployment", namespace, "web")
     plan = rev.plan_rollback("Deployment", workload, history_items)
     plan.patch[1]["value"]["metadata"]["labels"] = {"app": "something-else"}  # no longer matches the selector
-    with pytest.raises(rollout_undo.K8sError, match="invalid"):
+    with pytest.raises(K8sError, match="invalid"):
         rollout_undo.send_patch(api, plan, dry_run=True)
     assert get(kubectl, "deployment", namespace, "web")["metadata"]["resourceVersion"] == \
         workload["metadata"]["resourceVersion"]
@@ -430,13 +433,13 @@ def test_missing_patch_permission_is_refused_naming_verb_and_resource(kubectl, r
 @pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
 def test_concurrent_change_between_read_and_patch_fails_cleanly(kubectl, api, namespace, kind):
     workload_with_history(kubectl, namespace, ["app:v1", "app:v2"], kind=kind)
-    workload, history_items = rollout_undo.read_state(api, kind, namespace, "web")
+    workload, history_items = _workload.read_state(api, kind, namespace, "web")
     plan = rev.plan_rollback(kind, workload, history_items, actor="alice")
     # Someone else releases v3 after our read.
     release(kubectl, kind, namespace, "web", {"app": "web"}, "app:v3")
     theirs = get(kubectl, kind, namespace, "web")
 
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         rollout_undo.send_patch(api, plan)
 
     assert info.value.code == "conflict"

@@ -40,10 +40,17 @@ ROWS = {
 REQUESTER = "oncall"
 
 
+def facts(to_revision, previous_revision):
+    """What rollout_undo's plan returns as approval_facts (nothing for the other types)."""
+    if to_revision is None:
+        return None
+    return {"to_revision": to_revision, "previous_revision": previous_revision}
+
+
 def decide(row, approvals, requested_by=REQUESTER, roster=None, **kwargs):
     rollback_type, (target, previous) = ROWS[row][:2]
     return evaluate(rollback_type, requested_by, approvals, ROSTER if roster is None else roster,
-                    target_revision=target, previous_revision=previous, now=NOW, **kwargs)
+                    approval_facts=facts(target, previous), now=NOW, **kwargs)
 
 
 def test_default_matrix_is_the_runbook_table():
@@ -81,7 +88,7 @@ def test_each_type_is_approved_when_every_role_has_a_distinct_roster_approver(ro
 
 
 def test_on_call_engineer_rolling_back_to_the_last_version_is_auto_approved():
-    decision = evaluate("deployment", "oncall", [], ROSTER, target_revision=2, previous_revision=2, now=NOW)
+    decision = evaluate("deployment", "oncall", [], ROSTER, approval_facts=facts(2, 2), now=NOW)
     assert decision["approved"] is True
     assert decision["rule"] == "deployment_last"
     assert decision["approval_path"] == "auto_approval"
@@ -91,24 +98,24 @@ def test_on_call_engineer_rolling_back_to_the_last_version_is_auto_approved():
 
 
 def test_on_call_auto_approval_is_the_one_self_approval_allowed_even_when_listed_as_approver():
-    decision = evaluate("deployment", "oncall", ["oncall"], ROSTER, target_revision=2, previous_revision=2, now=NOW)
+    decision = evaluate("deployment", "oncall", ["oncall"], ROSTER, approval_facts=facts(2, 2), now=NOW)
     assert decision["approved"] is True
     assert decision["approval_path"] == "auto_approval"
 
 
 def test_last_version_requested_by_someone_not_on_call_needs_an_on_call_approver():
-    denied = evaluate("deployment", "eng-lead", ["eng-lead"], ROSTER, target_revision=2, previous_revision=2,
+    denied = evaluate("deployment", "eng-lead", ["eng-lead"], ROSTER, approval_facts=facts(2, 2),
                       now=NOW)
     assert denied["approved"] is False
     assert denied["missing_roles"] == ["on_call_engineer"]
     assert {"name": "eng-lead", "reason": "requester cannot approve their own rollback"} in denied["ignored_approvals"]
-    approved = evaluate("deployment", "eng-lead", ["oncall"], ROSTER, target_revision=2, previous_revision=2, now=NOW)
+    approved = evaluate("deployment", "eng-lead", ["oncall"], ROSTER, approval_facts=facts(2, 2), now=NOW)
     assert approved["approved"] is True
     assert approved["approval_path"] == "approval"
 
 
 def test_on_call_rolling_back_further_than_the_last_version_needs_the_engineering_lead():
-    decision = evaluate("deployment", "oncall", [], ROSTER, target_revision=1, previous_revision=2, now=NOW)
+    decision = evaluate("deployment", "oncall", [], ROSTER, approval_facts=facts(1, 2), now=NOW)
     assert decision["approved"] is False
     assert decision["rule"] == "deployment_older"
     assert decision["missing_roles"] == ["engineering_lead"]
@@ -122,8 +129,8 @@ def test_p0_emergency_override_with_incident_commander_and_extra_approver_is_app
         rollback_type, (target, previous), extra = ROWS[row][0], ROWS[row][1], ROWS[row][3]
         requester = REQUESTER
     decision = evaluate(rollback_type, requester, [extra] if extra else [], ROSTER, priority="P0",
-                        incident_commander="ic", emergency_override=True, target_revision=target,
-                        previous_revision=previous, now=NOW)
+                        incident_commander="ic", emergency_override=True,
+                        approval_facts=facts(target, previous), now=NOW)
     assert decision["approved"] is True
     assert decision["rule"] == row
     assert decision["approval_path"] == "emergency_override"
@@ -327,8 +334,10 @@ def test_build_matrix_does_not_mutate_the_default():
 
 
 def test_deployment_without_resolved_revisions_cannot_be_evaluated():
-    with pytest.raises(ApprovalError, match="needs target_revision and previous_revision"):
-        evaluate("deployment", "oncall", [], ROSTER, target_revision=2)
+    with pytest.raises(ApprovalError, match="needs approval_facts with to_revision and previous_revision"):
+        evaluate("deployment", "oncall", [], ROSTER, approval_facts={"to_revision": 2})
+    with pytest.raises(ApprovalError, match="must be integers"):
+        evaluate("deployment", "oncall", [], ROSTER, approval_facts=facts(True, 1))
 
 
 def test_unknown_priority_and_empty_requester_are_errors_not_denials():

@@ -6,6 +6,8 @@ import json
 import pytest
 
 from ansible_collections.governed.rollback.plugins.module_utils import _revisions as rev
+from ansible_collections.governed.rollback.plugins.module_utils import _k8s_objects as objs
+from ansible_collections.governed.rollback.plugins.module_utils._common import Refused
 
 UID = "uid-deploy"
 FLED_3 = {rev.FLED_AT_ANNOTATION: "2024-01-15T10:00:00Z", rev.FLED_REVISION_ANNOTATION: "3"}
@@ -84,12 +86,12 @@ def test_selector_string_includes_match_expressions():
                                      {"key": "legacy", "operator": "DoesNotExist"},
                                      {"key": "zone", "operator": "NotIn", "values": ["b"]},
                                      {"key": "owner", "operator": "Exists"}]}
-    assert rev.selector_to_string(selector) == "app=web,tier=fe,track in (canary,stable),!legacy,zone notin (b),owner"
+    assert objs.selector_to_string(selector) == "app=web,tier=fe,track in (canary,stable),!legacy,zone notin (b),owner"
 
 
 def test_selector_with_unknown_operator_is_an_error():
     with pytest.raises(ValueError, match="Gt"):
-        rev.selector_to_string({"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]})
+        objs.selector_to_string({"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]})
 
 
 @pytest.mark.parametrize("labels, expected", [
@@ -103,11 +105,11 @@ def test_selector_matching_honours_match_expressions(labels, expected):
     selector = {"matchLabels": {"app": "web"},
                 "matchExpressions": [{"key": "track", "operator": "In", "values": ["stable"]},
                                      {"key": "legacy", "operator": "DoesNotExist"}]}
-    assert rev.selector_matches(selector, labels) is expected
+    assert objs.selector_matches(selector, labels) is expected
 
 
 def test_empty_selector_matches_nothing():
-    assert rev.selector_matches({}, {"app": "web"}) is False
+    assert objs.selector_matches({}, {"app": "web"}) is False
 
 
 def test_history_keeps_only_replicasets_controlled_by_the_deployment():
@@ -229,7 +231,7 @@ def test_when_every_earlier_revision_was_fled_the_refusal_asks_for_an_explicit_r
     rss = [replicaset("aureus/frontend:v0.1.0", 1, annotations=dict(marks, **{rev.FLED_REVISION_ANNOTATION: "1"})),
            replicaset("aureus/frontend:v0.1.1", 4),
            replicaset("aureus/frontend:v0.1.2", 3, annotations=dict(marks, **{rev.FLED_REVISION_ANNOTATION: "3"}))]
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         plan_for((deploy, rss))
     assert info.value.code == "all_fled"
     assert "to_revision" in info.value.msg and "3 at 2024-01-15T10:00:00Z" in info.value.msg
@@ -261,7 +263,7 @@ def test_explicit_fled_revision_is_allowed_with_a_warning():
 
 
 def test_unknown_revision_lists_the_available_ones():
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         plan_for(to_revision=7)
     assert info.value.code == "revision_not_found"
     assert info.value.msg == ("revision 7 not found for deployment aureus/aureus-frontend: the latest revision is 3; "
@@ -272,28 +274,28 @@ def test_unknown_revision_lists_the_available_ones():
 def test_pruned_revision_says_so_and_lists_what_is_left():
     deploy = deployment("aureus/frontend:v0.1.2", 3, revisionHistoryLimit=1)
     rss = [replicaset("aureus/frontend:v0.1.1", 2), replicaset("aureus/frontend:v0.1.2", 3)]
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         plan_for((deploy, rss), to_revision=1)
     assert info.value.code == "revision_pruned"
     assert "pruned (revisionHistoryLimit=1); available revisions: 2, 3" in info.value.msg
 
 
 def test_negative_revision_is_refused():
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         plan_for(to_revision=-1)
     assert info.value.code == "bad_revision"
 
 
 def test_only_one_revision_means_no_history():
     deploy = deployment("aureus/frontend:v0.1.0", 1)
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         plan_for((deploy, [replicaset("aureus/frontend:v0.1.0", 1)]))
     assert info.value.code == "no_history"
     assert "only revision 1 exists" in info.value.msg
 
 
 def test_no_owned_revisions_at_all_means_no_history():
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         plan_for((deployment("aureus/frontend:v0.1.0", 1), []))
     assert info.value.code == "no_history"
 
@@ -314,14 +316,14 @@ def test_to_image_prefers_a_revision_not_fled():
 
 
 def test_to_image_not_in_history_lists_images_per_revision():
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         plan_for(to_image="aureus/frontend:v9")
     assert info.value.code == "image_not_found"
     assert "1: aureus/frontend:v0.1.0; 2: aureus/frontend:v0.1.1" in info.value.msg
 
 
 def test_to_image_with_to_revision_is_refused():
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         plan_for(to_revision=2, to_image="aureus/frontend:v0.1.1")
     assert info.value.code == "bad_revision"
 
@@ -339,7 +341,7 @@ def test_target_equal_to_current_template_is_skipped_with_the_reason():
 def test_rollback_of_a_paused_deployment_is_refused_with_the_resume_command():
     deploy, rss = seeded_world()
     deploy["spec"]["paused"] = True
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         rev.plan_rollback("Deployment", deploy, rss)
     assert info.value.code == "paused"
     assert "kubectl rollout resume deployment/aureus-frontend -n aureus" in info.value.msg
@@ -348,14 +350,14 @@ def test_rollback_of_a_paused_deployment_is_refused_with_the_resume_command():
 def test_rollback_while_the_controller_lags_is_refused():
     deploy, rss = seeded_world()
     deploy["status"]["observedGeneration"] = 4
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         rev.plan_rollback("Deployment", deploy, rss)
     assert info.value.code == "generation_not_observed"
     assert "generation 5" in info.value.msg and "observed generation 4" in info.value.msg
 
 
 def test_unsupported_kind_is_refused():
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         rev.plan_rollback("CronJob", {"metadata": {}}, [])
     assert info.value.code == "unsupported_kind"
     assert "Deployment, StatefulSet, DaemonSet" in info.value.msg
@@ -372,7 +374,7 @@ def test_unsupported_kind_is_refused():
 def test_gitops_owned_workload_is_refused_naming_the_tool(where, key, value, tool):
     deploy, rss = seeded_world()
     deploy["metadata"].setdefault(where, {})[key] = value
-    with pytest.raises(rev.RollbackRefused) as info:
+    with pytest.raises(Refused) as info:
         rev.plan_rollback("Deployment", deploy, rss)
     assert info.value.code == "gitops_owned"
     assert tool in info.value.msg and key in info.value.msg and "allow_gitops_drift=true" in info.value.msg
@@ -390,13 +392,13 @@ def test_flux_with_reconciliation_disabled_does_not_block():
     deploy, rss = seeded_world()
     deploy["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"] = "apps"
     deploy["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/reconcile"] = "disabled"
-    assert rev.gitops_owners(deploy) == []
+    assert objs.gitops_owners(deploy) == []
 
 
 def test_plain_app_instance_label_is_not_taken_for_gitops():
     deploy, _rss = seeded_world()
     deploy["metadata"]["labels"]["app.kubernetes.io/instance"] = "frontend"
-    assert rev.gitops_owners(deploy) == []
+    assert objs.gitops_owners(deploy) == []
 
 
 # --- the patch -----------------------------------------------------------------------------------------------------

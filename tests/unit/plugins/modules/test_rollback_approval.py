@@ -75,12 +75,12 @@ def test_check_mode_evaluates_exactly_the_same(tmp_path, approvals, expected):
 
 
 def test_deployment_row_comes_from_the_resolved_revisions(tmp_path):
-    event, result = run_approval(tmp_path, rollback_type="deployment", requested_by="oncall", target_revision=2,
-                                 previous_revision=2)
+    event, result = run_approval(tmp_path, rollback_type="deployment", requested_by="oncall",
+                                 approval_facts={"to_revision": 2, "previous_revision": 2})
     assert event == "runner_on_ok" and result["rule"] == "deployment_last"
     assert result["decision"]["approval_path"] == "auto_approval"
     event, result = run_approval(tmp_path / "older", rollback_type="deployment", requested_by="oncall",
-                                 target_revision=1, previous_revision=2)
+                                 approval_facts={"to_revision": 1, "previous_revision": 2})
     assert event == "runner_on_failed" and result["rule"] == "deployment_older"
     assert result["missing_roles"] == ["engineering_lead"]
 
@@ -88,7 +88,7 @@ def test_deployment_row_comes_from_the_resolved_revisions(tmp_path):
 def test_deployment_without_revisions_is_refused_rather_than_guessed(tmp_path):
     event, result = run_approval(tmp_path, rollback_type="deployment", requested_by="oncall")
     assert event == "runner_on_failed"
-    assert "target_revision" in result["msg"] and "previous_revision" in result["msg"]
+    assert "to_revision" in result["msg"] and "previous_revision" in result["msg"]
 
 
 def test_roles_come_from_the_roster_not_from_the_approvals_list(tmp_path):
