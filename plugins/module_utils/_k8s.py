@@ -26,12 +26,14 @@ try:
     from kubernetes import client as k8s_client
     from kubernetes import config as k8s_config
     from kubernetes.client.rest import ApiException  # pylint: disable=unused-import
+    from urllib3.exceptions import HTTPError as TransportError  # the client's transport; refused, reset, TLS, timeout
 
     HAS_K8S = True
 except ImportError:  # pragma: no cover - exercised only without the library
     K8S_IMP_ERR = traceback.format_exc()
     HAS_K8S = False
     ApiException = Exception  # so "except ApiException" stays valid
+    TransportError = Exception
 
 
 FIELD_MANAGER = "governed-rollback"

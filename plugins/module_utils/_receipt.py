@@ -401,7 +401,7 @@ def build_receipt(fields, approval=None, evidence=None, signing_required=True, k
     receipt = {
         "receipt_version": RECEIPT_VERSION,
         "rollback_id": fields.get("rollback_id") or new_rollback_id(now),
-        "run_type": fields.get("run_type") or ("ops.%s.rollback" % rollback_type if rollback_type else None),
+        "run_type": fields.get("run_type") or ROLLBACK_TYPES.get(rollback_type, {}).get("run_type"),
         "rollback_type": rollback_type,
         "outcome": fields.get("outcome"),
         "incident_id": fields.get("incident_id"),

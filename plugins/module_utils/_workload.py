@@ -14,7 +14,7 @@ import time
 
 from ansible_collections.governed.rollback.plugins.module_utils._common import Refused, utc_now, utc_stamp
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
-    ApiException, K8sError, explain_api_exception,
+    ApiException, K8sError, TransportError, explain_api_exception,
 )
 from ansible_collections.governed.rollback.plugins.module_utils._k8s_objects import describe, selector_to_string
 from ansible_collections.governed.rollback.plugins.module_utils._revisions import build_history, pod_summaries
@@ -33,9 +33,12 @@ RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
 
 
 def call(what, verb, resource, namespace, name, method, *args, **kwargs):
-    """One API call returning the decoded JSON; API errors become Refused (403/404) or K8sError."""
+    """One API call returning the decoded JSON; API errors become Refused (403/404) or K8sError, and a server that
+    cannot be reached a K8sError saying so."""
     try:
         return method(*args, **kwargs)
+    except TransportError as exc:
+        raise explain_api_exception(exc, verb, resource, namespace, name)
     except ApiException as exc:
         error = explain_api_exception(exc, verb, resource, namespace, name)
         if error.status == 403:

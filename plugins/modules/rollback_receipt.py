@@ -175,6 +175,14 @@ options:
   details:
     description: Free-form extra facts (names, counts, digests; never values of secrets).
     type: dict
+  receipt_fields:
+    description:
+      - The type's receipt fields as an action module returns them (RV(governed.rollback.rollout_undo#module:receipt_fields)
+        and the like, see C(docs/plan-contract.md)), so a role passes them through without knowing the type.
+      - Keys are names of this module's receipt options (for example C(component), C(current_ref), C(from_version),
+        C(changed_keys), C(migration_reverted), C(snapshot_id), C(details)). An option given explicitly wins over the
+        same key here; C(details) are merged, explicit keys winning. An unknown key is refused.
+    type: dict
   approval:
     description:
       - The registered result of M(governed.rollback.rollback_approval), or its C(decision). A failed approval
@@ -423,6 +431,7 @@ def argument_spec():
         affected_users=dict(type="int"),
         failure=dict(type="dict"),
         details=dict(type="dict"),
+        receipt_fields=dict(type="dict"),
         approval=dict(type="dict"),
         evidence=dict(type="dict"),
         signing=dict(type="str", choices=["required", "optional"], default="required"),
@@ -505,6 +514,22 @@ def mask_failure_message(fields):
     return masked
 
 
+def merge_receipt_fields(module, fields, given):
+    """The action module's receipt_fields under the explicit options (which win); details are merged."""
+    given = copy.deepcopy(given or {})
+    unknown = sorted(set(given) - set(RECEIPT_FIELDS))
+    if unknown:
+        module.fail_json(msg="receipt_fields has unknown field(s) %s; known fields: %s; nothing was written"
+                         % (", ".join(unknown), ", ".join(RECEIPT_FIELDS)))
+    details = given.pop("details", None)
+    if isinstance(details, dict):
+        fields["details"] = dict(details, **(fields.get("details") or {}))
+    for name, value in given.items():
+        if fields.get(name) is None:
+            fields[name] = value
+    return fields
+
+
 def run_present(module, signer, keys):
     params = module.params
     if signer is None and params["signing"] == "required":
@@ -513,7 +538,8 @@ def run_present(module, signer, keys):
                              "to record an unsigned receipt that says so; nothing was written")
     if not params["outcome"]:
         module.fail_json(msg="outcome is required with state=present (succeeded, failed or denied); nothing was written")
-    fields = dict((name, copy.deepcopy(params[name])) for name in RECEIPT_FIELDS)
+    fields = merge_receipt_fields(module, dict((name, copy.deepcopy(params[name])) for name in RECEIPT_FIELDS),
+                                  params["receipt_fields"])
     masked = mask_failure_message(fields)
     try:
         receipt = build_receipt(fields, approval=params["approval"], evidence=params["evidence"],

@@ -595,6 +595,8 @@ def main():
         outcome = execute(api, module.params, module.check_mode, module._diff)
     except Exception as exc:  # pylint: disable=broad-except  # anything unforeseen still ends in fail_json
         fail_from_exception(module, exc, changed=False)
+    if "receipt_fields" in outcome.result and not module.check_mode:
+        outcome.result["receipt_fields"]["details"]["rollout_seconds"] = outcome.result["wait"]["elapsed_seconds"]
     for warning in outcome.result["rollback_warnings"]:
         module.warn(warning)
     if outcome.failed_msg:
