@@ -102,6 +102,9 @@ health_check() {
         || bad="$bad seed"
     "$SANDBOX_PG_BINDIR/pg_isready" -h "$PGHOST" -p "$PGPORT" >/dev/null 2>&1 || bad="$bad postgres"
     curl -sf "$SANDBOX_OPA_URL/health" >/dev/null 2>&1 || bad="$bad opa"
+    # An env file from before the Guard existed has no SANDBOX_GUARD_URL: unhealthy, so up.sh restarts.
+    curl -sf --cacert "$STATE/pki/ca.crt" "${SANDBOX_GUARD_URL:-https://127.0.0.1:1}/health" >/dev/null 2>&1 \
+        || bad="$bad aureus-guard"
     if [ -n "$bad" ]; then
         [ -n "$quiet" ] && return 1
         for b in $bad; do

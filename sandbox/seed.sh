@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Seed the runbooks' world into a running sandbox. With --reset, first put everything back in its
 # "incident" state (aureus-frontend on the problematic v0.1.2 with revisions 1..3, config, database
-# at v0.1.2, PEP on policy v2.1), so drills are repeatable.
+# at v0.1.2, PEP on policy v2.1, AUREUS Guard's credit_risk_pipeline_v2 corrupted with its good snapshot),
+# so drills are repeatable. `seed.sh --reset guard` resets and seeds AUREUS Guard only (a second, not minutes).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=sandbox/versions.sh
@@ -9,6 +10,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck disable=SC1091
 . "$STATE/env"
 RESET=${1:-}
+ONLY=${2:-}
 SEED=$HERE/seed
 k() { "$SANDBOX_KUBECTL" --cache-dir "$SANDBOX_KUBECTL_CACHE" "$@"; }
 psql_su() { "$SANDBOX_PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$STATE/pg/run" -p "$PGPORT" -U postgres "$@"; }
@@ -23,6 +25,18 @@ if [ ! -f "$STATE/canaries.env" ]; then
 fi
 # shellcheck disable=SC1091
 . "$STATE/canaries.env"
+
+# ---- AUREUS Guard: pipelines and their snapshots, deployed through its API -----------------------
+# --reset also cancels running restores and clears injected faults (sandbox/guard/seed_guard.py).
+if [ -n "${SANDBOX_GUARD_URL:-}" ]; then
+    "$SANDBOX_GUARD_PYTHON" "$HERE/guard/seed_guard.py" ${RESET:+"$RESET"}
+else
+    echo "sandbox: this sandbox was started before AUREUS Guard existed; restart it (sandbox/down.sh && sandbox/up.sh)" >&2
+    [ "$ONLY" != guard ] || exit 1
+fi
+if [ "$ONLY" = guard ]; then
+    exit 0
+fi
 
 # ---- Container logs (CRI format) that KWOK serves for every pod --------------------------------
 # The frontend "leaks" a bearer token in an error line, as real apps do: evidence must mask it.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start the local platform on loopback: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# KWOK (+ one fake node), PostgreSQL 15 and OPA; seed the runbooks' world; write .sandbox/env.
+# KWOK (+ one fake node), PostgreSQL 15, OPA and AUREUS Guard; seed the runbooks' world; write .sandbox/env.
 # Idempotent: when everything is already up it only checks health.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -33,7 +33,7 @@ mkdir -p "$STATE"/{pids,logs,pki,kcache}
 chmod 755 "$STATE"
 
 API_PORT=$(free_port); ETCD_PORT=$(free_port); PEER_PORT=$(free_port); KCM_PORT=$(free_port)
-SCHED_PORT=$(free_port); PG_PORT=$(free_port); OPA_PORT=$(free_port)
+SCHED_PORT=$(free_port); PG_PORT=$(free_port); OPA_PORT=$(free_port); GUARD_PORT=$(free_port)
 
 # ---- PKI and credentials -------------------------------------------------------------------
 P=$STATE/pki
@@ -135,6 +135,32 @@ start_component opa "$OPA_BIN/opa" run --server --addr="127.0.0.1:$OPA_PORT" --w
     --log-level=error "$STATE/policy-active"
 wait_for opa 30 curl -sf "http://127.0.0.1:$OPA_PORT/health"
 
+# ---- AUREUS Guard: the platform's snapshot API (a stand-in, sandbox/guard/guard_api.py) ---------------
+# HTTPS with a certificate from the sandbox CA; its own database and role in the sandbox PostgreSQL; three
+# bearer tokens (operator, read-only auditor, admin for fault injection). Secrets live in files only.
+G=$STATE/guard
+install -d -m 700 "$G"
+openssl rand -hex 16 >"$G/db-password"
+for t in token readonly-token admin-token; do openssl rand -hex 24 >"$G/$t"; done
+openssl req -newkey rsa:2048 -nodes -subj /CN=aureus-guard -keyout "$G/tls.key" -out "$G/tls.csr" >/dev/null 2>&1
+openssl x509 -req -in "$G/tls.csr" -CA "$P/ca.crt" -CAkey "$P/ca.key" -CAcreateserial -days 30 \
+    -extfile "$P/ext.cnf" -out "$G/tls.crt" >/dev/null 2>&1
+chmod 600 "$G"/*
+# The password goes through psql's stdin, not its command line.
+"$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$STATE/pg/run" -p "$PG_PORT" -U postgres -d postgres >/dev/null <<SQL
+CREATE ROLE aureus_guard LOGIN PASSWORD '$(cat "$G/db-password")';
+CREATE DATABASE aureus_guard OWNER aureus_guard;
+SQL
+GUARD_PY=$SANDBOX_ROOT/.venv/bin/python
+[ -x "$GUARD_PY" ] || GUARD_PY=$(command -v python3)
+"$GUARD_PY" -c 'import psycopg2' 2>/dev/null \
+    || { echo "sandbox: $GUARD_PY cannot import psycopg2 (AUREUS Guard needs it): run make venv" >&2; exit 1; }
+start_component aureus-guard "$GUARD_PY" "$HERE/guard/guard_api.py" --port "$GUARD_PORT" \
+    --tls-cert "$G/tls.crt" --tls-key "$G/tls.key" --db-port "$PG_PORT" --db-password-file "$G/db-password" \
+    --token-file "$G/token" --readonly-token-file "$G/readonly-token" --admin-token-file "$G/admin-token" \
+    --restore-item-delay "${SANDBOX_GUARD_RESTORE_DELAY:-0.25}"
+wait_for aureus-guard 30 curl -sf --cacert "$P/ca.crt" "https://127.0.0.1:$GUARD_PORT/health"
+
 PG_PASSWORD=$(cat "$STATE/pg-password")
 cat >"$STATE/env" <<EOF
 # Written by sandbox/up.sh; source it to talk to the sandbox.
@@ -155,6 +181,16 @@ export SANDBOX_OPA_URL=http://127.0.0.1:$OPA_PORT
 export SANDBOX_POLICY_REPO=$STATE/policy-repo
 export SANDBOX_POLICY_ACTIVE=$STATE/policy-active
 export SANDBOX_STATE=$STATE
+export SANDBOX_GUARD_URL=https://127.0.0.1:$GUARD_PORT
+export SANDBOX_GUARD_CA_FILE=$P/ca.crt
+export SANDBOX_GUARD_TOKEN=$(cat "$G/token")
+export SANDBOX_GUARD_TOKEN_FILE=$G/token
+export SANDBOX_GUARD_READONLY_TOKEN_FILE=$G/readonly-token
+export SANDBOX_GUARD_ADMIN_TOKEN_FILE=$G/admin-token
+export SANDBOX_GUARD_PGUSER=aureus_guard
+export SANDBOX_GUARD_PGDATABASE=aureus_guard
+export SANDBOX_GUARD_PGPASSWORD_FILE=$G/db-password
+export SANDBOX_GUARD_PYTHON=$GUARD_PY
 EOF
 
 # The sandbox's ed25519 receipt-signing key (PKCS#8 PEM, as an AWX credential would inject it). It lives

@@ -27,6 +27,10 @@ def main(state):
         "policy_active": env["SANDBOX_POLICY_ACTIVE"],
         "signing_key_file": state + "/signing.key",
         "signing_public_key": state + "/signing.pub",
+        # AUREUS Guard: the inventory gets the token's file, never the token.
+        "guard_url": env["SANDBOX_GUARD_URL"],
+        "guard_ca_file": env["SANDBOX_GUARD_CA_FILE"],
+        "guard_token_file": env["SANDBOX_GUARD_TOKEN_FILE"],
     }
     with open(state + "/sandbox.json", "w") as handle:
         json.dump(facts, handle, indent=2, sort_keys=True)
