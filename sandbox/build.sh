@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the sandbox's binaries from the Go module proxy, cached by version under
 # ~/.cache/governed-rollback (override with GOVERNED_ROLLBACK_CACHE). A cached build is reused.
+# `sandbox/build.sh flyway` (opt-in) only fetches Flyway's command line from Maven Central into the same cache.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=sandbox/versions.sh
@@ -9,9 +10,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 mkdir -p "$CACHE/logs"
 
-fail_build() {  # $1 component, $2 module, $3 log
-    echo "sandbox build: FAILED to build $1 from Go module $2" >&2
-    echo "---- go's error (last 40 lines of $3) ----" >&2
+fail_build() {  # $1 component, $2 module (Go module@version, or Maven group:artifact@version), $3 log
+    local source="Go module" tool="go"
+    case $2 in *:*) source="Maven artifact" tool="mvn" ;; esac
+    echo "sandbox build: FAILED to build $1 from $source $2" >&2
+    echo "---- $tool's error (last 40 lines of $3) ----" >&2
     tail -n 40 "$3" >&2
     exit 1
 }
@@ -26,7 +29,7 @@ build() {
     local name=$1 out=$2 module=$3; shift 3
     local log; log="$CACHE/logs/$(basename "$(dirname "$out")").log"
     if [ -f "$out/.complete" ]; then return 0; fi
-    need_go
+    case $module in *:*) ;; *) need_go ;; esac
     echo "sandbox build: $name ${module##*@}"
     mkdir -p "$out"
     "$@" >"$log" 2>&1 || fail_build "$name" "$module" "$log"
@@ -55,6 +58,39 @@ install_kwok() {  # the stage definitions ship in the module zip; keep a copy ne
     local src; src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
     mkdir -p "$KWOK_BIN/stages" && cp -r "$src"/. "$KWOK_BIN/stages/" && chmod -R u+w "$KWOK_BIN/stages"
 }
+
+# Flyway's command line without its tarball: a pom-packaging project whose dependencies are the CLI's jar (its own
+# dependencies excluded), flyway-core, the PostgreSQL module and driver, and what the CLI needs at run time.
+fetch_flyway() (
+    command -v mvn >/dev/null || { echo "sandbox build: 'mvn' not found on PATH; install Maven (and Java >= 17)" >&2; exit 1; }
+    work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT
+    dep() { echo "<dependency><groupId>$1</groupId><artifactId>$2</artifactId><version>$3</version>${4:-}</dependency>"; }
+    {
+        echo '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+        echo '<groupId>governed.rollback.sandbox</groupId><artifactId>flyway-cli</artifactId><version>1</version>'
+        echo '<packaging>pom</packaging><dependencies>'
+        dep org.flywaydb flyway-commandline "$FLYWAY_VERSION" \
+            '<exclusions><exclusion><groupId>*</groupId><artifactId>*</artifactId></exclusion></exclusions>'
+        dep org.flywaydb flyway-core "$FLYWAY_VERSION"
+        dep org.flywaydb flyway-database-postgresql "$FLYWAY_VERSION"
+        dep org.postgresql postgresql "$FLYWAY_PG_JDBC_VERSION"
+        dep org.fusesource.jansi jansi 2.4.1
+        dep com.fasterxml.jackson.core jackson-databind "$FLYWAY_JACKSON_VERSION"
+        dep com.fasterxml.jackson.dataformat jackson-dataformat-xml "$FLYWAY_JACKSON_VERSION"
+        dep com.fasterxml.jackson.dataformat jackson-dataformat-toml "$FLYWAY_JACKSON_VERSION"
+        dep org.apache.commons commons-text 1.13.1
+        dep org.slf4j slf4j-nop 2.0.17
+        echo '</dependencies></project>'
+    } >"$work/pom.xml"
+    mkdir -p "$FLYWAY_LIB"
+    cd "$work" && mvn -q -B dependency:copy-dependencies -DoutputDirectory="$FLYWAY_LIB"
+)
+
+if [ "${1:-}" = flyway ]; then
+    build "flyway command line (Maven Central)" "$FLYWAY_LIB" "org.flywaydb:flyway-commandline@$FLYWAY_VERSION" fetch_flyway
+    echo "sandbox build: flyway $FLYWAY_VERSION in $FLYWAY_LIB (java -cp '$FLYWAY_LIB/*' org.flywaydb.commandline.Main)"
+    exit 0
+fi
 
 start=$(date +%s)
 [ -f "$K8S_BIN/.complete" ] || echo "sandbox build: the Kubernetes components take ~10 min cold on 2 cores"

@@ -4,12 +4,18 @@ K8S_VERSION=${K8S_VERSION:-v1.33.13}
 ETCD_VERSION=${ETCD_VERSION:-v3.5.21}
 KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
 OPA_VERSION=${OPA_VERSION:-v1.22.2}
+# Opt-in (sandbox/build.sh flyway): Flyway's command line from Maven Central, for tests that need a genuine
+# flyway_schema_history. 11.20.3 resolves from Maven Central alone (13.x does not; 12.x needs Jackson 3).
+FLYWAY_VERSION=${FLYWAY_VERSION:-11.20.3}
+FLYWAY_PG_JDBC_VERSION=${FLYWAY_PG_JDBC_VERSION:-42.7.8}
+FLYWAY_JACKSON_VERSION=${FLYWAY_JACKSON_VERSION:-2.19.2}
 
 CACHE=${GOVERNED_ROLLBACK_CACHE:-$HOME/.cache/governed-rollback}
 K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
 ETCD_BIN=$CACHE/etcd-$ETCD_VERSION/bin
 KWOK_BIN=$CACHE/kwok-$KWOK_VERSION/bin
 OPA_BIN=$CACHE/opa-$OPA_VERSION/bin
+FLYWAY_LIB=$CACHE/flyway-$FLYWAY_VERSION/lib
 
 SANDBOX_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${GOVERNED_ROLLBACK_STATE:-$SANDBOX_ROOT/.sandbox}

@@ -46,6 +46,19 @@ attributes:
       - governed.rollback.rollback
 """
 
+    ACTIONGROUP_POSTGRES = r"""
+options: {}
+attributes:
+  action_group:
+    description:
+      - Use C(group/governed.rollback.postgres) or C(group/governed.rollback.rollback) in C(module_defaults) to set
+        defaults for this module.
+    support: full
+    membership:
+      - governed.rollback.postgres
+      - governed.rollback.rollback
+"""
+
     ACTIONGROUP_ROLLBACK = r"""
 options: {}
 attributes:

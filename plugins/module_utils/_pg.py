@@ -83,12 +83,13 @@ def server_version(conn):
     return conn.server_version
 
 
-def client_program(name):
-    """Path of a PostgreSQL client program, or a PgError saying what to install."""
-    path = shutil.which(name)
+def client_program(name, bindir=None):
+    """Path of a PostgreSQL client program (from ``bindir`` when given, else PATH), or a PgError saying what to
+    install."""
+    path = shutil.which(name, path=bindir) if bindir else shutil.which(name)
     if not path:
-        raise PgError("%s not found on PATH; install the PostgreSQL client programs (postgresql-client) of the "
-                      "server's major version or newer" % name)
+        raise PgError("%s not found %s; install the PostgreSQL client programs (postgresql-client) of the "
+                      "server's major version or newer" % (name, "in %s" % bindir if bindir else "on PATH"))
     return path
 
 

@@ -1,0 +1,2 @@
+DROP FUNCTION audit_note(text);
+DROP TABLE audit_log;

@@ -1,0 +1,2 @@
+DROP INDEX accounts_status_idx;
+ALTER TABLE accounts DROP COLUMN status;
