@@ -13,6 +13,7 @@ __metaclass__ = type
 
 import copy
 import datetime
+import unicodedata
 
 from ansible_collections.governed.rollback.plugins.module_utils._common import (
     ROLLBACK_TYPE_NAMES as ROLLBACK_TYPES, RollbackError, json_sha256, utc_stamp,
@@ -154,16 +155,66 @@ def select_row(rollback_type, approval_facts=None):
     return "deployment_last" if target == previous else "deployment_older"
 
 
+# Characters that make two names look alike on screen but compare different: format (zero-width, bidi
+# controls), control, private-use, surrogate and line/paragraph separators.
+_INVISIBLE_CATEGORIES = frozenset(("Cf", "Cc", "Co", "Cs", "Zl", "Zp"))
+
+
+def normalize_name(name, what="name"):
+    """A person's name as compared everywhere: Unicode NFKC, case-folded, trimmed; invisible characters refused."""
+    if not isinstance(name, str):
+        raise ApprovalError("%s must be a string, got %s" % (what, type(name).__name__))
+    bad = sorted({"U+%04X" % ord(c) for c in name if unicodedata.category(c) in _INVISIBLE_CATEGORIES})
+    if bad:
+        raise ApprovalError("%s %r contains invisible or control characters (%s); type the name plainly"
+                            % (what, name, ", ".join(bad)))
+    return unicodedata.normalize("NFKC", name).casefold().strip()
+
+
+def _roster_entry(name, entry):
+    """(roles, public key lines) of one roster entry: a list of roles, one role, or {roles, keys}."""
+    keys = []
+    if isinstance(entry, dict):
+        unknown = sorted(set(entry) - {"roles", "keys"})
+        if unknown:
+            raise ApprovalError("roster entry %s has unknown keys %s; use roles and keys" % (name, ", ".join(unknown)))
+        keys = entry.get("keys") or []
+        entry = entry.get("roles") or []
+        if isinstance(keys, str):
+            keys = [keys]
+    if isinstance(entry, str):
+        entry = [entry]
+    if not isinstance(entry, (list, tuple)) or not isinstance(keys, (list, tuple)):
+        raise ApprovalError("roster entry %s must be a list of role names, or {roles: [...], keys: [...]}" % name)
+    return entry, keys
+
+
 def normalize_roster(roster):
-    """name -> sorted list of roles; a single role string is accepted."""
+    """normalized name -> sorted list of roles; a single role string and {roles, keys} entries are accepted."""
+    if roster is not None and not isinstance(roster, dict):
+        raise ApprovalError("roster must be a mapping of name to roles")
     result = {}
-    for name, roles in (roster or {}).items():
-        if isinstance(roles, str):
-            roles = [roles]
-        if not isinstance(roles, (list, tuple)):
-            raise ApprovalError("roster entry %s must be a list of role names" % name)
-        result[str(name).strip()] = sorted({str(r).strip() for r in roles if str(r).strip()})
+    for name, entry in (roster or {}).items():
+        roles, _keys = _roster_entry(name, entry)
+        key = normalize_name(str(name), "roster name")
+        if key in result:
+            raise ApprovalError("roster names %r collide after normalization (NFKC, case-folded); each person must "
+                                "appear once" % key)
+        result[key] = sorted({str(r).strip() for r in roles if str(r).strip()})
     return result
+
+
+def roster_keys(roster, allowed_signers=None):
+    """normalized name -> [ssh-ed25519 key blobs] from the roster's keys and an allowed_signers mapping."""
+    from ansible_collections.governed.rollback.plugins.module_utils._approval_statement import parse_public_key
+
+    keys = {}
+    for name, entry in (roster or {}).items():
+        for line in _roster_entry(name, entry)[1]:
+            keys.setdefault(normalize_name(str(name), "roster name"), []).append(parse_public_key(line))
+    for name, blobs in (allowed_signers or {}).items():
+        keys.setdefault(normalize_name(str(name), "allowed_signers principal"), []).extend(blobs)
+    return keys
 
 
 def _assign_roles(required, candidates):
@@ -190,34 +241,60 @@ def _people(names, roster):
     return ", ".join("%s (%s)" % (n, ", ".join(roster.get(n, [])) or "no roles") for n in names) or "none"
 
 
+APPROVAL_MODES = ("signed", "asserted")
+
+
 def evaluate(rollback_type, requested_by, approvals, roster, priority=None, incident_commander=None,
-             emergency_override=False, approval_facts=None, matrix=None, now=None):
+             emergency_override=False, approval_facts=None, matrix=None, now=None, approval_mode="asserted",
+             verified_signers=None, launched_by=None):
     """Decide one rollback request. Returns a decision dict; ``approved`` False means denied.
 
-    Raises ApprovalError only when the request cannot be evaluated (bad matrix, missing approval facts).
+    ``approval_mode`` ``asserted`` takes the names in ``approvals`` as typed; ``signed`` counts only the people in
+    ``verified_signers`` (``[{name, fingerprint, ...}]`` from verified statements bound to this plan), and needs the
+    incident commander's own signed statement for an emergency override. ``launched_by`` is the identity the
+    platform launched the job as (AWX's user): a different ``requested_by`` is refused.
+
+    Raises ApprovalError only when the request cannot be evaluated (bad matrix, missing approval facts, a requester
+    who is not the launching user or not in the roster).
     """
+    if approval_mode not in APPROVAL_MODES:
+        raise ApprovalError("approval_mode %r is not one of %s" % (approval_mode, ", ".join(APPROVAL_MODES)))
     matrix = build_matrix(matrix)
     row_name = select_row(rollback_type, approval_facts)
     row = matrix[row_name]
     roster = normalize_roster(roster)
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    requested_by = (requested_by or "").strip()
-    incident_commander = (incident_commander or "").strip() or None
+    requested_by = normalize_name(requested_by or "", "requested_by")
+    incident_commander = normalize_name(incident_commander or "", "incident_commander") or None
+    if launched_by and normalize_name(launched_by, "the launching user") != requested_by:
+        raise ApprovalError("requested_by %r is not the user who launched this job (%r): the requester is the "
+                            "launching identity; launch it as yourself or leave requested_by to the platform"
+                            % (requested_by, normalize_name(launched_by)))
     if priority is not None and priority not in PRIORITIES:
         raise ApprovalError("priority %r is not one of %s" % (priority, ", ".join(PRIORITIES)))
     if not requested_by:
         raise ApprovalError("requested_by is empty: every rollback names the person who asked for it")
+    if requested_by not in roster:
+        raise ApprovalError("requested_by %r is not in the roster: only people the roster lists may request a "
+                            "rollback" % requested_by)
 
     ignored = []
     valid = {}
-    for raw in approvals or []:
-        name = str(raw).strip()
+    signers = dict((normalize_name(v["name"]), v) for v in (verified_signers or []))
+    if approval_mode == "signed":
+        typed = [normalize_name(str(raw), "approval") for raw in approvals or [] if str(raw).strip()]
+        names = sorted(signers) + [n for n in typed if n not in signers]
+    else:
+        names = [normalize_name(str(raw), "approval") for raw in approvals or []]
+    for name in names:
         if not name or name in valid or any(i["name"] == name for i in ignored):
             continue
         if name == requested_by:
             ignored.append({"name": name, "reason": "requester cannot approve their own rollback"})
         elif name not in roster:
             ignored.append({"name": name, "reason": "not in the roster"})
+        elif approval_mode == "signed" and name not in signers:
+            ignored.append({"name": name, "reason": "no valid signed statement for this plan"})
         else:
             valid[name] = roster[name]
 
@@ -258,11 +335,15 @@ def evaluate(rollback_type, requested_by, approvals, roster, priority=None, inci
             elif incident_commander == requested_by:
                 emergency_problems.append("the requester cannot declare their own emergency (incident commander "
                                           "must be someone else)")
-            extra_assign = _assign_roles(extra_roles, valid)
+            elif approval_mode == "signed" and incident_commander not in signers:
+                emergency_problems.append("incident commander %s has no valid signed statement for this plan"
+                                          % incident_commander)
+            # One person never fills two roles: the commander who declares the emergency is not its extra approver.
+            extra_assign = _assign_roles(extra_roles, dict((n, r) for n, r in valid.items() if n != incident_commander))
             extra_missing = [r for r in extra_roles if r not in extra_assign]
             if extra_missing:
                 emergency_problems.append("the emergency override also needs %s approval from someone other than "
-                                          "the requester" % ", ".join(extra_missing))
+                                          "the requester and the incident commander" % ", ".join(extra_missing))
             if not emergency_problems:
                 emergency = True
                 approval_path = "emergency_override"
@@ -273,7 +354,9 @@ def evaluate(rollback_type, requested_by, approvals, roster, priority=None, inci
                 retro_due = utc_stamp(now + datetime.timedelta(hours=spec["retroactive_hours"]))
 
     approved = approval_path is not None
-    approved_by = [{"name": n, "roles": valid[n]} for n in sorted(valid)]
+    # Only the people whose roles counted; the others are listed in ignored_approvals or simply were not needed.
+    counted = sorted(set(assignments.values()))
+    approved_by = [{"name": n, "roles": valid[n]} for n in counted if n in valid]
     if approval_path == "auto_approval":
         approved_by = [{"name": requested_by, "roles": requester_roles}]
     decision = {
@@ -299,6 +382,8 @@ def evaluate(rollback_type, requested_by, approvals, roster, priority=None, inci
         "evaluated_at": utc_stamp(now),
         "matrix_sha256": matrix_sha256(matrix),
         "approval_facts": copy.deepcopy(approval_facts) if approval_facts else {},
+        "approval_mode": approval_mode,
+        "verified_signers": [dict(signers[n]) for n in sorted(signers) if n in counted or n == incident_commander],
     }
     decision["message"] = explain(decision, valid, emergency_problems)
     return decision

@@ -59,6 +59,10 @@ options:
       - Who holds which role, as a mapping of person name to a list of role names.
       - "Role names used by the default matrix: C(on_call_engineer), C(engineering_lead), C(devops_lead), C(dba),
         C(governance_lead), C(security), C(data_owner), C(approver), C(incident_commander), C(cto), C(ciso)."
+      - "An entry may also be a dict C({roles: [...], keys: ['ssh-ed25519 AAAA...']}): the keys the person signs
+        approvals with."
+      - Names are compared after Unicode NFKC normalization and case folding; names with invisible or control
+        characters are refused. The requester must be in the roster.
     type: dict
     required: true
   priority:
@@ -72,6 +76,55 @@ options:
     description: Ask for the emergency override when the ordinary approvals are not complete.
     type: bool
     default: false
+  approval_mode:
+    description:
+      - C(signed) counts only approvals proven by a signed statement bound to this plan (O(signed_approvals),
+        O(signed_approvals_dir)), verified against the public keys the roster (or O(allowed_signers)) lists for
+        each person. Typed names in O(approvals) without a valid statement are ignored, with the reason.
+      - C(asserted) takes the names in O(approvals) as typed. It is refused in a production environment
+        (O(environment) C(prod) or C(production)); inventories for sandboxes and drills may choose it.
+      - The on-call engineer's auto-approval of a rollback to the last version needs no statement in either mode.
+    type: str
+    choices: [signed, asserted]
+    default: signed
+  environment:
+    description: The environment the rollback runs in; C(asserted) approvals are refused for C(prod) and C(production).
+    type: str
+  launched_by:
+    description:
+      - The identity the platform launched the job as - under AWX the job's C(awx_user_name) (or C(tower_user_name)).
+      - When given, O(requested_by) must be the same person (after Unicode NFKC and case folding), or the request is
+        refused.
+    type: str
+  plan:
+    description:
+      - What the signed statements must approve - C(target) (for example C(Deployment aureus/aureus-frontend)),
+        C(from_ref), C(to_ref) and C(binding), as the action module's plan returned them. Needed with
+        O(approval_mode=signed); with it the module also returns RV(statement), the text an approver signs.
+    type: dict
+  incident_id:
+    description: The incident the statements must name.
+    type: str
+  signed_approvals:
+    description:
+      - Signed statements, each a dict with C(statement) (the exact text that was signed) and C(signature) (the armored
+        output of C(ssh-keygen -Y sign -n governed-rollback-approval)).
+    type: list
+    elements: dict
+    default: []
+  signed_approvals_dir:
+    description:
+      - A directory of signed statements - every C(*.json) file with its C(*.json.sig) beside it.
+    type: path
+  allowed_signers:
+    description:
+      - An OpenSSH C(allowed_signers) file (C(principal[,principal] [namespaces="..."] ssh-ed25519 AAAA...)) listing
+        approvers' public keys, in addition to the C(keys) of roster entries.
+    type: path
+  statement_ttl_hours:
+    description: Lifetime of the RV(statement) this module proposes for signing (at most 24 hours are accepted).
+    type: int
+    default: 1
   approval_facts:
     description:
       - What the matrix needs to know about this rollback, as returned by the action module's plan
@@ -187,28 +240,113 @@ message:
   returned: always
   type: str
   sample: "database rollback needs roles dba, engineering_lead; have: dba (dba); missing: engineering_lead (rule database)"
+statement:
+  description:
+    - With O(approval_mode=signed), the statement an approver signs for this plan (save it byte for byte, then
+      C(ssh-keygen -Y sign -f ~/.ssh/id_ed25519 -n governed-rollback-approval statement.json)). It names the rollback
+      type, target, from and to references, the digest of the plan's binding, the incident and an expiry.
+  returned: always
+  type: str
+rejected_statements:
+  description: Signed statements that did not count, each with its index, the signer (when known) and the reason.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"index": 0, "name": "eng-lead", "reason": "it expired at 2024-01-15T09:00:00Z"}]
 decision:
   description:
     - The whole decision, ready for the O(governed.rollback.rollback_receipt#module:approval) option.
     - Keys include approved, rule, rule_label, approval_path (approval, auto_approval, emergency_override, denied),
       rollback_type, requested_by, approved_by, role_assignments, required_roles, missing_roles, ignored_approvals,
       priority, incident_commander, emergency_requested, emergency, emergency_extra_roles, retroactive_approval_due,
-      retroactive_roles, post_incident_review, evaluated_at, matrix_sha256, approval_facts, message.
+      retroactive_roles, post_incident_review, evaluated_at, matrix_sha256, approval_facts, approval_mode,
+      verified_signers (name, key fingerprint, statement sha256, expiry of each signed approval that counted),
+      rejected_statements, message.
   returned: always
   type: dict
 """
 
+import glob
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.governed.rollback.plugins.module_utils._approval import (
+    APPROVAL_MODES,
     PRIORITIES,
     ROLLBACK_TYPES,
+    ApprovalError,
     evaluate,
+    roster_keys,
 )
-from ansible_collections.governed.rollback.plugins.module_utils._common import RollbackError, fail_from_exception
+from ansible_collections.governed.rollback.plugins.module_utils import _approval_statement as stmt
+from ansible_collections.governed.rollback.plugins.module_utils._common import fail_from_exception
 
 RETURN_KEYS = ("approved", "rule", "missing_roles", "emergency", "retroactive_approval_due", "post_incident_review",
                "approved_by", "message")
+
+
+PRODUCTION_ENVIRONMENTS = ("prod", "production")
+
+
+def read_signed_dir(path):
+    """``{statement, signature}`` pairs from ``*.json`` files with their ``*.json.sig`` beside them."""
+    if not os.path.isdir(path):
+        raise ApprovalError("signed_approvals_dir %s is not a directory" % path)
+    found = []
+    for statement_path in sorted(glob.glob(os.path.join(path, "*.json"))):
+        signature_path = statement_path + ".sig"
+        if not os.path.exists(signature_path):
+            raise ApprovalError("%s has no signature %s beside it; sign it with ssh-keygen -Y sign -n %s"
+                                % (statement_path, signature_path, stmt.NAMESPACE))
+        with open(statement_path, "rb") as handle:
+            statement = handle.read(stmt.MAX_STATEMENT_BYTES + 1).decode("utf-8", "replace")
+        with open(signature_path, "r") as handle:
+            signature = handle.read(16384)
+        found.append({"statement": statement, "signature": signature})
+    return found
+
+
+def verify_statements(params, expected):
+    allowed = {}
+    if params["allowed_signers"]:
+        with open(params["allowed_signers"], "r") as handle:
+            allowed = stmt.parse_allowed_signers(handle.read())
+    signed = list(params["signed_approvals"])
+    if params["signed_approvals_dir"]:
+        signed.extend(read_signed_dir(params["signed_approvals_dir"]))
+    return stmt.verify_signed_approvals(signed, expected, roster_keys(params["roster"], allowed))
+
+
+def decide(params):
+    """The decision, the statement to sign for this plan (signed mode) and the statements that did not count."""
+    mode = params["approval_mode"]
+    if mode == "asserted" and (params["environment"] or "").strip().lower() in PRODUCTION_ENVIRONMENTS:
+        raise ApprovalError("typed (asserted) approvals are not accepted in environment %s: approvers sign a statement "
+                            "for this plan (approval_mode=signed); see the collection's docs/approvals.md"
+                            % params["environment"])
+    verified, rejected, statement = None, [], None
+    if mode == "signed":
+        plan = params["plan"] or {}
+        if not plan.get("target"):
+            raise ApprovalError("signed approvals need the plan they approve (plan: target, from_ref, to_ref, binding)")
+        expected = stmt.build_statement(params["rollback_type"], plan.get("target"), plan.get("from_ref"),
+                                        plan.get("to_ref"), plan.get("binding"), params["incident_id"],
+                                        stmt.default_expiry(hours=min(max(params["statement_ttl_hours"], 1),
+                                                                      stmt.MAX_TTL_HOURS)))
+        statement = stmt.statement_bytes(expected).decode("utf-8")
+        verified, rejected = verify_statements(params, expected)
+    decision = evaluate(
+        params["rollback_type"], params["requested_by"], params["approvals"], params["roster"],
+        priority=params["priority"], incident_commander=params["incident_commander"],
+        emergency_override=params["emergency_override"], approval_facts=params["approval_facts"],
+        matrix=params["matrix"], approval_mode=mode, verified_signers=verified, launched_by=params["launched_by"],
+    )
+    decision["rejected_statements"] = rejected
+    if rejected and not decision["approved"]:
+        decision["message"] += "; statements not counted: %s" % "; ".join(
+            "#%d%s: %s" % (r["index"], " (%s)" % r["name"] if r["name"] else "", r["reason"]) for r in rejected)
+    return decision, statement
 
 
 def main():
@@ -223,22 +361,28 @@ def main():
             emergency_override=dict(type="bool", default=False),
             approval_facts=dict(type="dict"),
             matrix=dict(type="dict"),
+            approval_mode=dict(type="str", choices=list(APPROVAL_MODES), default="signed"),
+            environment=dict(type="str"),
+            launched_by=dict(type="str"),
+            plan=dict(type="dict"),
+            incident_id=dict(type="str"),
+            signed_approvals=dict(type="list", elements="dict", default=[]),
+            signed_approvals_dir=dict(type="path"),
+            allowed_signers=dict(type="path"),
+            statement_ttl_hours=dict(type="int", default=1),
         ),
         supports_check_mode=True,
     )
-    params = module.params
     try:
-        decision = evaluate(
-            params["rollback_type"], params["requested_by"], params["approvals"], params["roster"],
-            priority=params["priority"], incident_commander=params["incident_commander"],
-            emergency_override=params["emergency_override"], approval_facts=params["approval_facts"],
-            matrix=params["matrix"],
-        )
-    except RollbackError as exc:
+        decision, statement = decide(module.params)
+    except (OSError, IOError) as exc:
+        module.fail_json(msg="cannot read the signed approvals: %s" % exc, approved=False)
+    except Exception as exc:  # pylint: disable=broad-except  # a RollbackError says what to do; anything else is a bug
         fail_from_exception(module, exc, approved=False)
 
     result = dict((key, decision[key]) for key in RETURN_KEYS)
-    result.update(changed=False, decision=decision)
+    result.update(changed=False, decision=decision, statement=statement,
+                  rejected_statements=decision["rejected_statements"])
     if not decision["approved"]:
         module.fail_json(msg=decision["message"], **result)
     module.exit_json(**result)

@@ -50,7 +50,9 @@ def test_awx_job_with_survey_and_env_injected_signing_key_rolls_back_and_keeps_t
     survey = {"namespace": namespace, "deployment": NAME, "target_rev": 2,
               "reason": "Breaking UI changes affecting user workflows", "incident_id": "INC-12345",
               "priority": "P2", "requested_by": "oncall", "approvals": [],
-              "evidence_dir": str(tmp_path / "evidence"), "receipt_ledger": str(tmp_path / "receipts" / "ledger.jsonl")}
+              "evidence_dir": str(tmp_path / "evidence"), "receipt_ledger": str(tmp_path / "receipts" / "ledger.jsonl"),
+              # AWX adds the launching user to every job's extra vars; the requester must be that user.
+              "awx_user_name": "oncall"}
     credentials = {"K8S_AUTH_KUBECONFIG": sandbox["kubeconfig"], "GOVERNED_ROLLBACK_SIGNING_KEY": signing_key,
                    "ANSIBLE_COLLECTIONS_PATH": os.path.join(ROOT, "build", "collections")}
 
@@ -87,3 +89,34 @@ def test_awx_job_with_survey_and_env_injected_signing_key_rolls_back_and_keeps_t
         launch = json.load(handle)
     assert launch["env"]["GOVERNED_ROLLBACK_SIGNING_KEY"] == signing_key
     assert key_body not in json.dumps(dict(launch, env={}))
+
+
+def test_awx_job_whose_requester_is_not_the_launching_user_is_denied_and_changes_nothing(kubectl, namespace, tmp_path,
+                                                                                        monkeypatch):
+    pb.frontend_with_history(kubectl, namespace)
+    before = pb.resource_versions(kubectl, namespace, NAME)
+    private_dir = tmp_path / "awx-job"
+    sandbox, inventory = awx_inventory(private_dir)
+    with open(sandbox["signing_key_file"]) as handle:
+        signing_key = handle.read()
+    for variable in ("ANSIBLE_CONFIG", "GOVERNED_ROLLBACK_SIGNING_KEY_FILE", "GOVERNED_ROLLBACK_SIGNING_KEY",
+                     "KUBECONFIG", "K8S_AUTH_KUBECONFIG", "ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_INVENTORY"):
+        monkeypatch.delenv(variable, raising=False)
+    ledger = str(tmp_path / "receipts" / "ledger.jsonl")
+    # mallory may launch the template, and types the on-call engineer's name to get the auto-approval.
+    survey = {"namespace": namespace, "deployment": NAME, "target_rev": 2, "reason": "Breaking UI changes",
+              "incident_id": "INC-12345", "priority": "P2", "requested_by": "oncall", "approvals": [],
+              "evidence_dir": str(tmp_path / "evidence"), "receipt_ledger": ledger, "awx_user_name": "mallory",
+              "rollback_id": "rollback-impersonated"}
+    credentials = {"K8S_AUTH_KUBECONFIG": sandbox["kubeconfig"], "GOVERNED_ROLLBACK_SIGNING_KEY": signing_key,
+                   "ANSIBLE_COLLECTIONS_PATH": os.path.join(ROOT, "build", "collections")}
+
+    run = pb.run_playbook(private_dir, survey, envvars=credentials, inventory=inventory, ansible_config=False)
+
+    assert run.status == "failed"
+    approval = run.task_result("Check approval against the approval matrix (fails closed)")
+    assert "'oncall' is not the user who launched this job ('mallory')" in approval["msg"], approval["msg"]
+    assert pb.resource_versions(kubectl, namespace, NAME) == before
+    (entry,) = pb.ledger_entries(ledger)
+    assert entry["receipt"]["outcome"] == "denied"
+    assert entry["receipt"]["approval"]["approved"] is False

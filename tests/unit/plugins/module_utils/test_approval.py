@@ -345,3 +345,64 @@ def test_unknown_priority_and_empty_requester_are_errors_not_denials():
         evaluate("configuration", "oncall", ["devops-lead"], ROSTER, priority="P7")
     with pytest.raises(ApprovalError, match="requested_by is empty"):
         evaluate("configuration", " ", ["devops-lead"], ROSTER)
+
+
+# --- names, identities and one role per person (issue: approvals are names anyone can type) ---------------------------
+
+
+@pytest.mark.parametrize("typed", ["ENG-LEAD", "Eng-Lead", "ｅｎｇ－ｌｅａｄ", " eng-lead "])
+def test_names_are_compared_after_nfkc_and_case_folding(typed):
+    decision = decide("deployment_older", [typed])
+    assert decision["approved"] is True
+    assert decision["approved_by"] == [{"name": "eng-lead", "roles": ["engineering_lead"]}]
+
+
+@pytest.mark.parametrize("sneaky", ["eng\u200b-lead", "eng-lead\u200d", "\u202eeng-lead", "eng\u00ad-lead", "eng-\u2028lead"])
+def test_names_with_invisible_characters_are_refused(sneaky):
+    with pytest.raises(ApprovalError, match="invisible or control characters"):
+        decide("deployment_older", [sneaky])
+
+
+def test_a_roster_whose_names_collide_after_normalization_is_refused():
+    with pytest.raises(ApprovalError, match="collide after normalization"):
+        decide("deployment_older", ["eng-lead"], roster=dict(ROSTER, **{"ENG-LEAD": ["engineering_lead"]}))
+
+
+def test_the_requester_must_be_in_the_roster():
+    with pytest.raises(ApprovalError, match="'nobody' is not in the roster"):
+        decide("deployment_older", ["eng-lead"], requested_by="nobody")
+
+
+def test_the_requester_must_be_the_launching_user():
+    with pytest.raises(ApprovalError, match="is not the user who launched this job"):
+        decide("deployment_older", ["eng-lead"], launched_by="eng-lead")
+    assert decide("deployment_older", ["eng-lead"], launched_by="OnCall")["approved"] is True
+
+
+def test_the_incident_commander_never_doubles_as_the_emergency_extra_approver():
+    roster = dict(ROSTER, ic=["incident_commander", "cto"])
+    denied = evaluate("database", REQUESTER, ["ic"], roster, priority="P0", incident_commander="ic",
+                      emergency_override=True, now=NOW)
+    assert denied["approved"] is False
+    assert "someone other than the requester and the incident commander" in denied["message"]
+    approved = evaluate("database", REQUESTER, ["ic", "cto"], roster, priority="P0", incident_commander="ic",
+                        emergency_override=True, now=NOW)
+    assert approved["approved"] is True
+    assert approved["role_assignments"]["emergency:cto"] == "cto"
+
+
+def test_approved_by_lists_only_the_people_whose_roles_counted():
+    decision = decide("database", ["dba", "eng-lead", "security", "gov-lead"])
+    assert decision["approved"] is True
+    assert [a["name"] for a in decision["approved_by"]] == ["dba", "eng-lead"]
+
+
+def test_signed_mode_counts_only_verified_signers():
+    signer = {"name": "eng-lead", "fingerprint": "SHA256:x", "statement_sha256": "0" * 64,
+              "expires_at": "2024-01-15T11:30:45Z"}
+    denied = decide("deployment_older", ["eng-lead"], approval_mode="signed")
+    assert denied["approved"] is False
+    assert {"name": "eng-lead", "reason": "no valid signed statement for this plan"} in denied["ignored_approvals"]
+    approved = decide("deployment_older", [], approval_mode="signed", verified_signers=[signer])
+    assert approved["approved"] is True and approved["approval_mode"] == "signed"
+    assert approved["verified_signers"] == [signer]
