@@ -146,6 +146,14 @@ def _ssh_string(value):
     return struct.pack(">I", len(value)) + value
 
 
+def key_sha256(blobs, wanted_fingerprint):
+    """Hex sha256 of the key blob whose OpenSSH fingerprint is ``wanted_fingerprint``."""
+    for blob in blobs:
+        if fingerprint(blob) == wanted_fingerprint:
+            return hashlib.sha256(blob).hexdigest()
+    raise StatementError("internal: the verified key is not among the signer's keys")
+
+
 def fingerprint(blob):
     """OpenSSH's SHA256 fingerprint of a public key blob."""
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
@@ -319,6 +327,8 @@ def verify_signed_approvals(signed, expected, keys_by_name, now=None):
         if name in seen:
             continue
         seen.add(name)
-        verified.append({"name": name, "fingerprint": key_fingerprint,
+        # The key as a hex digest: receipts refuse base64-looking strings as possible secrets, and a hex sha256 is
+        # as checkable (OpenSSH's SHA256:<base64> fingerprint is the same digest, differently written).
+        verified.append({"name": name, "key_sha256": key_sha256(keys_by_name[name], key_fingerprint),
                          "statement_sha256": hashlib.sha256(message).hexdigest(), "expires_at": statement["expires_at"]})
     return verified, rejected

@@ -260,7 +260,7 @@ decision:
       rollback_type, requested_by, approved_by, role_assignments, required_roles, missing_roles, ignored_approvals,
       priority, incident_commander, emergency_requested, emergency, emergency_extra_roles, retroactive_approval_due,
       retroactive_roles, post_incident_review, evaluated_at, matrix_sha256, approval_facts, approval_mode,
-      verified_signers (name, key fingerprint, statement sha256, expiry of each signed approval that counted),
+      verified_signers (name, key_sha256 - the hex sha256 of the public key blob -, statement sha256, expiry of each signed approval that counted),
       rejected_statements, message.
   returned: always
   type: dict

@@ -6,16 +6,20 @@ inventory, overriding namespace, deployment, evidence_dir and receipt_ledger. Th
 touched. Every refusal proves that nothing changed by the resourceVersion of the Deployment and its ReplicaSets.
 """
 
+import base64
 import datetime
 import hashlib
 import json
 import os
 import re
 import secrets
+import shutil
+import subprocess
 import threading
 import time
 
 import pytest
+import yaml
 
 from tests.integration import _playbook as pb
 
@@ -307,6 +311,56 @@ def test_older_version_needs_the_engineering_lead_denied_without_changes_then_ap
     assert [a["name"] for a in receipt["approval"]["approved_by"]] == ["eng-lead"]
     assert (receipt["from_version"], receipt["to_version"]) == ("aureus/frontend:v0.1.2", "aureus/frontend:v0.1.0")
     assert incident.verify_ledger()["entries"] == 2
+
+
+def test_signed_approval_from_the_plan_approves_exactly_that_rollback_and_nothing_else(incident, tmp_path):
+    """Production mode: the plan prints the statement, the engineering lead signs it with ssh-keygen, the rollback
+    runs on the signature; the same signature replayed for another rollback does not count."""
+    if not shutil.which("ssh-keygen"):
+        pytest.skip("ssh-keygen (OpenSSH client) is not installed")
+    pb.frontend_with_history(incident.kubectl, incident.namespace)
+    key = str(tmp_path / "eng-lead-key")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "eng-lead", "-f", key], check=True)
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "inventories", "sandbox", "group_vars", "all",
+                           "roster.yml")) as handle:
+        roster = yaml.safe_load(handle)["rollback_roster"]
+    with open(key + ".pub") as handle:
+        roster["eng-lead"] = {"roles": ["engineering_lead"], "keys": [handle.read().strip()]}
+    signed = dict(rollback_approval_mode="signed", rollback_roster=roster, requested_by="oncall", approvals=[])
+    before = incident.settled_versions()
+
+    plan = incident.run(check=True, target_rev=1, **signed)
+    statement = plan.task_result("Check approval against the approval matrix (fails closed)")["statement"]
+    assert json.loads(statement)["target"] == "Deployment %s/%s" % (incident.namespace, NAME)
+    assert "ssh-keygen -Y sign" in plan.stdout and statement.strip() in plan.stdout
+    assert_nothing_changed(incident, before)
+    approvals_dir = tmp_path / "approvals"
+    approvals_dir.mkdir()
+    (approvals_dir / "eng-lead.json").write_text(statement)
+    subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-f", key, "-n", "governed-rollback-approval",
+                    str(approvals_dir / "eng-lead.json")], check=True, capture_output=True)
+
+    run = incident.run(target_rev=1, approval_statements_dir=str(approvals_dir), rollback_id="rollback-signed", **signed)
+
+    assert run.status == "successful", run.explain()
+    assert pb.template_image(incident.deployment()) == "aureus/frontend:v0.1.0"
+    approval = incident.receipt("rollback-signed")["approval"]
+    assert approval["approval_mode"] == "signed" and approval["rule"] == "deployment_older"
+    assert [s["name"] for s in approval["verified_signers"]] == ["eng-lead"]
+    with open(key + ".pub") as handle:
+        blob = base64.b64decode(handle.read().split()[1])
+    assert approval["verified_signers"][0]["key_sha256"] == hashlib.sha256(blob).hexdigest()
+
+    # The same signed statement does not approve another rollback of the same workload (other refs, other binding).
+    after = incident.settled_versions()
+    replay = incident.run(target_rev=3, approval_statements_dir=str(approvals_dir), rollback_id="rollback-replayed",
+                          **signed)
+    assert replay.status == "failed"
+    assert_refused = incident.receipt("rollback-replayed")
+    assert assert_refused["outcome"] == "denied"
+    assert any("it approves" in r["reason"] for r in assert_refused["approval"]["rejected_statements"])
+    assert incident.versions() == after
+
 
 
 def test_p0_emergency_override_by_the_incident_commander_proceeds_with_retroactive_approval_due(incident):

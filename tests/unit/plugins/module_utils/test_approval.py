@@ -398,7 +398,7 @@ def test_approved_by_lists_only_the_people_whose_roles_counted():
 
 
 def test_signed_mode_counts_only_verified_signers():
-    signer = {"name": "eng-lead", "fingerprint": "SHA256:x", "statement_sha256": "0" * 64,
+    signer = {"name": "eng-lead", "key_sha256": "1" * 64, "statement_sha256": "0" * 64,
               "expires_at": "2024-01-15T11:30:45Z"}
     denied = decide("deployment_older", ["eng-lead"], approval_mode="signed")
     assert denied["approved"] is False
