@@ -514,3 +514,23 @@ def test_check_mode_shows_the_plan_and_changes_nothing(incident):
     assert "revision 3 (aureus/frontend:v0.1.2) -> 2 (aureus/frontend:v0.1.1)" in summary[1]
     assert "approval: deployment_last" == summary[2]
     assert summary[-1] == "verification: not run (check mode)"
+
+
+def test_a_receipt_that_would_be_refused_stops_the_rollback_before_anything_changes(incident):
+    """The receipt draft is checked with the approval: a reason carrying a credential (which would also land in the
+    kubernetes.io/change-cause annotation) is refused before the evidence, the patch or the change-cause."""
+    pb.frontend_with_history(incident.kubectl, incident.namespace)
+    before = incident.settled_versions()
+    leaked = "ghp_" + secrets.token_hex(18)
+    run = incident.run(target_rev=2, reason="rolled back, see token=%s" % leaked, rollback_id="rollback-bad-reason")
+
+    assert run.status == "failed"
+    name = "Write the rollback receipt to the ledger (draft, checked before anything changes)"
+    assert name in run.failed_tasks
+    draft = run.task_result(name)
+    assert draft["fields"] == ["reason"] and "receipts never carry secrets" in draft["msg"], draft
+    assert_nothing_changed(incident, before)
+    assert "Roll back and wait for the rollout" not in set(e["event_data"].get("task") for e in run.events)
+    annotations = incident.deployment()["metadata"].get("annotations") or {}
+    assert leaked not in json.dumps(annotations)
+    assert leaked not in run.stdout
