@@ -8,7 +8,7 @@ COLL_LINK := build/collections/ansible_collections/governed/rollback
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv collection sandbox-build sandbox-up sandbox-down sandbox-reset test test-unit test-integration test-sandbox molecule drill lint sanity bench clean
+.PHONY: help venv collection sandbox-build sandbox-up sandbox-down sandbox-reset test test-unit test-integration test-sandbox molecule drill lint sanity bench dist clean
 
 help:
 	@echo "make drill        set everything up and run a real rollback against the local sandbox"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint         ansible-lint (production profile) and ansible-test sanity"
 	@echo "make sandbox-up   build (cached) and start the local platform; make sandbox-down stops it"
 	@echo "make bench        benchmarks (print tables)"
+	@echo "make dist         build the collection artifact into build/dist/"
 
 $(BIN)/.stamp: requirements.txt requirements-test.txt constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -67,6 +68,9 @@ lint: collection
 	sandbox/sanity.sh
 
 sanity: lint
+
+dist: collection
+	$(BIN)/ansible-galaxy collection build --force --output-path build/dist
 
 bench: sandbox-up
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
