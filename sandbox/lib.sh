@@ -102,6 +102,13 @@ health_check() {
         || bad="$bad seed"
     "$SANDBOX_PG_BINDIR/pg_isready" -h "$PGHOST" -p "$PGPORT" >/dev/null 2>&1 || bad="$bad postgres"
     curl -sf "$SANDBOX_OPA_URL/health" >/dev/null 2>&1 || bad="$bad opa"
+    # The policy bundle server, and OPA having activated a bundle from it (GET /health?bundles). A sandbox started
+    # before the bundle server existed has no SANDBOX_BUNDLE_SERVER_URL and stays healthy (others' tests may be
+    # running on it); `sandbox/down.sh && sandbox/up.sh` brings the bundle server in.
+    if [ -n "${SANDBOX_BUNDLE_SERVER_URL:-}" ]; then
+        curl -sf "$SANDBOX_BUNDLE_SERVER_URL/health" >/dev/null 2>&1 || bad="$bad bundle-server"
+        curl -sf "$SANDBOX_OPA_URL/health?bundles" >/dev/null 2>&1 || bad="$bad opa-bundle"
+    fi
     # An env file from before the Guard existed has no SANDBOX_GUARD_URL: unhealthy, so up.sh restarts.
     curl -sf --cacert "$STATE/pki/ca.crt" "${SANDBOX_GUARD_URL:-https://127.0.0.1:1}/health" >/dev/null 2>&1 \
         || bad="$bad aureus-guard"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start the local platform on loopback: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# KWOK (+ one fake node), PostgreSQL 15, OPA and AUREUS Guard; seed the runbooks' world; write .sandbox/env.
+# KWOK (+ one fake node), PostgreSQL 15, a policy bundle server, OPA and AUREUS Guard; seed the runbooks' world;
+# write .sandbox/env.
 # Idempotent: when everything is already up it only checks health.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -129,10 +130,32 @@ wait_for "kube-controller-manager (default service account)" 90 "$KUBECTL" --cac
 # ---- PostgreSQL 15 -----------------------------------------------------------------------
 start_postgres "$PG_PORT"
 
-# ---- OPA (the PEP's policy server) ---------------------------------------------------------
-mkdir -p "$STATE/policy-active"
-start_component opa "$OPA_BIN/opa" run --server --addr="127.0.0.1:$OPA_PORT" --watch \
-    --log-level=error "$STATE/policy-active"
+# ---- Policy bundle server + OPA (the PEP's policy server) ------------------------------------------
+# As real fleets run it: OPA pulls bundles/aureus.tar.gz (built by `opa build --revision <git sha>`, published
+# by seed.sh) from a static bundle server on loopback, polls it every 1-2 s, and reports the active revision
+# (GET /v1/status, data.system.bundles). policy-active still holds the seeded v2.1 sources, as before.
+mkdir -p "$STATE/policy-active" "$STATE/bundle-server/bundles"
+BUNDLE_PORT=$(free_port)
+BUNDLE_PY=$SANDBOX_ROOT/.venv/bin/python
+[ -x "$BUNDLE_PY" ] || BUNDLE_PY=$(command -v python3)
+start_component bundle-server "$BUNDLE_PY" "$HERE/bundle_server.py" --root "$STATE/bundle-server" --port "$BUNDLE_PORT"
+wait_for bundle-server 30 curl -sf "http://127.0.0.1:$BUNDLE_PORT/health"
+cat >"$STATE/opa-config.yaml" <<EOF
+services:
+  bundles:
+    url: http://127.0.0.1:$BUNDLE_PORT
+bundles:
+  aureus:
+    service: bundles
+    resource: bundles/aureus.tar.gz
+    polling:
+      min_delay_seconds: 1
+      max_delay_seconds: 2
+status:
+  service: bundles
+EOF
+start_component opa "$OPA_BIN/opa" run --server --addr="127.0.0.1:$OPA_PORT" --log-level=error \
+    --config-file="$STATE/opa-config.yaml"
 wait_for opa 30 curl -sf "http://127.0.0.1:$OPA_PORT/health"
 
 # ---- AUREUS Guard: the platform's snapshot API (a stand-in, sandbox/guard/guard_api.py) ---------------
@@ -180,6 +203,10 @@ export SANDBOX_OPA=$OPA_BIN/opa
 export SANDBOX_OPA_URL=http://127.0.0.1:$OPA_PORT
 export SANDBOX_POLICY_REPO=$STATE/policy-repo
 export SANDBOX_POLICY_ACTIVE=$STATE/policy-active
+export SANDBOX_BUNDLE_SERVER_URL=http://127.0.0.1:$BUNDLE_PORT
+export SANDBOX_BUNDLE_SERVER_DIR=$STATE/bundle-server
+export SANDBOX_BUNDLE_NAME=aureus
+export SANDBOX_OPA_CONFIG=$STATE/opa-config.yaml
 export SANDBOX_STATE=$STATE
 export SANDBOX_GUARD_URL=https://127.0.0.1:$GUARD_PORT
 export SANDBOX_GUARD_CA_FILE=$P/ca.crt
@@ -215,5 +242,6 @@ EOF
 
 # shellcheck disable=SC1091
 . "$STATE/env"
+wait_for "opa (bundle from the bundle server)" 30 curl -sf "$SANDBOX_OPA_URL/health?bundles"
 health_check
 echo "sandbox: up in $(( $(date +%s) - T0 ))s; source $STATE/env to use it"

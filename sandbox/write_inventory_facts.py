@@ -25,6 +25,11 @@ def main(state):
         "opa_url": env["SANDBOX_OPA_URL"],
         "policy_repo": env["SANDBOX_POLICY_REPO"],
         "policy_active": env["SANDBOX_POLICY_ACTIVE"],
+        # The policy bundle server OPA polls (policy rollback), and OPA's config.
+        "bundle_server_url": env.get("SANDBOX_BUNDLE_SERVER_URL", ""),
+        "bundle_server_dir": env.get("SANDBOX_BUNDLE_SERVER_DIR", ""),
+        "bundle_name": env.get("SANDBOX_BUNDLE_NAME", ""),
+        "opa_config": env.get("SANDBOX_OPA_CONFIG", ""),
         "signing_key_file": state + "/signing.key",
         "signing_public_key": state + "/signing.pub",
         # AUREUS Guard: the inventory gets the token's file, never the token.
