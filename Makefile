@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: help venv collection sandbox-build sandbox-up sandbox-down sandbox-reset test test-unit test-integration test-sandbox molecule drill lint sanity bench dist clean
 
 help:
-	@echo "make drill        set everything up and run a real rollback against the local sandbox"
+	@echo "make drill        set everything up and fire-drill every rollback type against the local sandbox"
 	@echo "make test         set everything up and run every test (unit, sandbox, integration, molecule)"
 	@echo "make lint         ansible-lint (production profile) and ansible-test sanity"
 	@echo "make sandbox-up   build (cached) and start the local platform; make sandbox-down stops it"
@@ -61,7 +61,7 @@ test: collection sandbox-up
 	$(MAKE) --no-print-directory molecule
 
 drill: sandbox-reset
-	$(BIN)/ansible-playbook playbooks/rollback-deploy.yml -e target_rev=2
+	$(BIN)/ansible-playbook playbooks/drill.yml
 
 lint: collection
 	$(BIN)/ansible-lint
