@@ -459,6 +459,7 @@ SOURCE_OPTIONS = dict(
     chdir=dict(type="path"),
 )
 
+
 def argument_spec():
     return _argspec.compose(dict(
         rollback_id=dict(type="str", required=True),

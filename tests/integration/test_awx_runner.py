@@ -91,8 +91,8 @@ def test_awx_job_with_survey_and_env_injected_signing_key_rolls_back_and_keeps_t
     assert key_body not in json.dumps(dict(launch, env={}))
 
 
-def test_awx_job_whose_requester_is_not_the_launching_user_is_denied_and_changes_nothing(kubectl, namespace, tmp_path,
-                                                                                        monkeypatch):
+def test_awx_job_whose_requester_is_not_the_launching_user_is_denied_and_changes_nothing(
+        kubectl, namespace, tmp_path, monkeypatch):
     pb.frontend_with_history(kubectl, namespace)
     before = pb.resource_versions(kubectl, namespace, NAME)
     private_dir = tmp_path / "awx-job"

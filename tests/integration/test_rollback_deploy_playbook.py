@@ -356,11 +356,10 @@ def test_signed_approval_from_the_plan_approves_exactly_that_rollback_and_nothin
     replay = incident.run(target_rev=3, approval_statements_dir=str(approvals_dir), rollback_id="rollback-replayed",
                           **signed)
     assert replay.status == "failed"
-    assert_refused = incident.receipt("rollback-replayed")
-    assert assert_refused["outcome"] == "denied"
-    assert any("it approves" in r["reason"] for r in assert_refused["approval"]["rejected_statements"])
+    replayed = incident.receipt("rollback-replayed")
+    assert replayed["outcome"] == "denied"
+    assert any("it approves" in r["reason"] for r in replayed["approval"]["rejected_statements"])
     assert incident.versions() == after
-
 
 
 def test_p0_emergency_override_by_the_incident_commander_proceeds_with_retroactive_approval_due(incident):
