@@ -17,13 +17,14 @@ __metaclass__ = type
 
 import copy
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 from ansible_collections.governed.rollback.plugins.module_utils._common import Refused, canonical_json
 from ansible_collections.governed.rollback.plugins.module_utils._k8s_objects import (
     check_gitops, describe, is_controlled_by, selector_matches,
 )
-from ansible_collections.governed.rollback.plugins.module_utils._redact import mask_env, redacted_marker
+from ansible_collections.governed.rollback.plugins.module_utils._redact import mask_env, redact_value, redacted_marker
 
 SUPPORTED_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 
@@ -54,6 +55,10 @@ KUBECTL_ANNOTATIONS_TO_SKIP = frozenset([
 ])
 
 MAX_CHANGE_CAUSE_REASON = 200
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+# Objects nested deeper than this are refused before any recursive walk (no Kubernetes object comes close).
+MAX_OBJECT_DEPTH = 100
 
 
 def check_kind(kind):
@@ -94,31 +99,50 @@ def templates_equal(left, right):
     return normalize_template(left) == normalize_template(right)
 
 
+def _digest_form(template):
+    """The template as hashed: secret-looking env literals masked (size kept), everything else as is, so the
+    digest still changes when an argument or a literal changes. Kept apart from mask_template (output) so that
+    digests recorded by earlier runs stay comparable."""
+    result = copy.deepcopy(template)
+    spec = (result or {}).get("spec") or {}
+    for group in ("initContainers", "containers", "ephemeralContainers"):
+        for container in _dicts(spec.get(group)):
+            if "env" in container:
+                container["env"] = mask_env(container["env"])
+    return result
+
+
 def template_sha256(template):
     """Digest of the normalized template, with secret-looking env literals masked first (never hash a secret)."""
-    return hashlib.sha256(canonical_json(mask_template(normalize_template(template))).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(_digest_form(normalize_template(template))).encode("utf-8")).hexdigest()
+
+
+def _dicts(value):
+    """The dict items of a list (hostile input may hold anything else)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def images_of(template):
     """Container images of a pod template (or a pod), in container order (init containers excluded)."""
-    spec = (template or {}).get("spec") or {}
-    return [c.get("image") for c in spec.get("containers") or []]
+    spec = _spec_of(template)
+    return [c.get("image") for c in _dicts(spec.get("containers"))]
+
+
+def _spec_of(template):
+    spec = template.get("spec") if isinstance(template, dict) else None
+    return spec if isinstance(spec, dict) else {}
 
 
 def all_images_of(template):
-    spec = (template or {}).get("spec") or {}
-    return [c.get("image") for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])]
+    spec = _spec_of(template)
+    return [c.get("image") for c in _dicts(spec.get("initContainers")) + _dicts(spec.get("containers"))]
 
 
 def mask_template(template):
-    """Copy of a template with literal values of secret-looking env vars masked (by _redact), for output."""
-    result = copy.deepcopy(template)
-    spec = (result or {}).get("spec") or {}
-    for group in ("initContainers", "containers", "ephemeralContainers"):
-        for container in spec.get(group) or []:
-            if "env" in container:
-                container["env"] = mask_env(container["env"])
-    return result
+    """Copy of a template as it may appear in output: the collection's one redaction (_redact.redact_value):
+    secret-looking env values, secret flags in command/args (--password X, -pX, -u user:pw), URL credentials,
+    secret keys and assignments in any string."""
+    return redact_value(template)
 
 
 def template_changes(before, after, path=""):
@@ -139,15 +163,64 @@ def template_changes(before, after, path=""):
 # --- history ----------------------------------------------------------------------------------------------------
 
 
-def _int_or_none(value):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
+_GO_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
+
+
+def parse_go_int64(text):
+    """An annotation value as Go's ``strconv.ParseInt(s, 10, 64)`` reads it, or None where Go returns an error.
+
+    Go accepts an optional sign and ASCII digits only (leading zeros allowed); it rejects spaces, underscores
+    (only base 0 allows them), other Unicode digits, an empty string and values outside int64. A value that
+    is not a string (a bool, a number: impossible in annotations from the API) is refused too.
+    """
+    if not isinstance(text, str) or len(text) > 4096 or not _GO_INT_RE.match(text):
         return None
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 19:
+        return None
+    value = int(text)
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
+def _int_or_none(value):
+    return parse_go_int64(value)
 
 
 def _int_list(text):
-    return [n for n in (_int_or_none(part.strip()) for part in (text or "").split(",")) if n is not None]
+    if not isinstance(text, str):
+        return []
+    return [n for n in (parse_go_int64(part.strip()) for part in text.split(",")[:1000]) if n is not None]
+
+
+def _as_int(value, default=0):
+    """An integer field of an API object (generation, replicas, partition), tolerating hostile types."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return default
+    return value
+
+
+def controller_revision_number(value):
+    """A ControllerRevision's ``revision`` (int64 in the API); None when it is not one (bool, text, float)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not INT64_MIN <= value <= INT64_MAX:
+        return None
+    return value
+
+
+def object_depth_exceeds(value, limit=MAX_OBJECT_DEPTH):
+    """True when dicts/lists nest deeper than ``limit`` (iterative: never a RecursionError)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 @dataclass
@@ -219,32 +292,41 @@ def _owned(workload, items):
 def deployment_history(deployment, replicasets):
     """History of a Deployment: ReplicaSets matched by its full selector and controlled by it, oldest first.
 
-    Like kubectl, a ReplicaSet without a revision annotation counts as revision 0 and one with an unparsable
-    revision is skipped.
+    Like kubectl and the Deployment controller (``deploymentutil.Revision``: a missing annotation is 0, an error
+    from ``strconv.ParseInt(v, 10, 64)`` makes the controller skip the ReplicaSet), a ReplicaSet without a
+    revision annotation counts as revision 0 and one Go cannot parse (" 3 ", "3_000", "+", non-ASCII digits,
+    beyond int64) is skipped.
     """
     history = []
     for rs, meta, annotations in _owned(deployment, replicasets):
         raw = annotations.get(REVISION_ANNOTATION)
-        number = 0 if raw is None else _int_or_none(raw)
+        number = 0 if raw is None else parse_go_int64(raw)
         if number is None:
             continue
         history.append(Revision(
             number=number, name=meta.get("name", ""), source_kind="ReplicaSet",
             template=(rs.get("spec") or {}).get("template") or {}, annotations=annotations,
             uid=meta.get("uid", ""), created=meta.get("creationTimestamp", ""),
-            replicas=(rs.get("status") or {}).get("replicas", 0) or 0,
+            replicas=_as_int((rs.get("status") or {}).get("replicas", 0)),
             previous_numbers=_int_list(annotations.get(REVISION_HISTORY_ANNOTATION)),
         ))
     return sorted(history, key=lambda r: (r.number, r.created))
 
 
 def controller_revision_history(workload, controller_revisions):
-    """History of a StatefulSet or DaemonSet: its controlled ControllerRevisions, oldest first."""
+    """History of a StatefulSet or DaemonSet: its controlled ControllerRevisions, oldest first.
+
+    ``revision`` is an int64 in the API; an entry whose revision is anything else (a bool, text, a float, out
+    of range: never from a real API server) is skipped like an unparsable ReplicaSet revision.
+    """
     history = []
     for cr, meta, annotations in _owned(workload, controller_revisions):
-        data = cr.get("data") or {}
+        data = cr.get("data") if isinstance(cr.get("data"), dict) else {}
+        number = controller_revision_number(cr.get("revision") if cr.get("revision") is not None else 0)
+        if number is None:
+            continue
         history.append(Revision(
-            number=int(cr.get("revision") or 0), name=meta.get("name", ""), source_kind="ControllerRevision",
+            number=number, name=meta.get("name", ""), source_kind="ControllerRevision",
             template=((data.get("spec") or {}).get("template")) or {}, annotations=annotations,
             uid=meta.get("uid", ""), created=meta.get("creationTimestamp", ""),
             previous_numbers=_int_list(annotations.get(PREVIOUS_REVISIONS_ANNOTATION)), data=data,
@@ -386,8 +468,8 @@ def _image_target(history, to_image, what):
     if not running:
         listing = "; ".join("%d: %s" % (r.number, ", ".join(r.images)) for r in history) or "none"
         raise Refused("no revision of %s runs image %s; revisions and their images: %s"
-                              % (what, to_image, listing), "image_not_found",
-                              available_revisions=[r.number for r in history])
+                      % (what, to_image, listing), "image_not_found",
+                      available_revisions=[r.number for r in history])
     fresh = [r for r in running if not r.fled_at]
     if fresh:
         return Selection(target=fresh[-1], how="newest revision running %s" % to_image)
@@ -407,14 +489,26 @@ def select_target_revision(history, to_revision=0, to_image=None, current=None, 
     """
     if to_revision is None:
         to_revision = 0
+    # bool is an int in Python (True == 1): a `to_revision: true` must never select revision 1.
+    if isinstance(to_revision, bool) or not isinstance(to_revision, int):
+        raise Refused("to_revision must be an integer revision number (0 for the previous revision), not %s %s"
+                      % (type(to_revision).__name__, _short_repr(to_revision)), "bad_revision",
+                      available_revisions=[r.number for r in history])
+    if to_revision > INT64_MAX:
+        raise Refused("to_revision %s is out of range: revision numbers are 64-bit (at most %d)"
+                      % (_short_repr(to_revision), INT64_MAX), "bad_revision",
+                      available_revisions=[r.number for r in history])
+    if to_image is not None and not isinstance(to_image, str):
+        raise Refused("to_image must be an image reference (a string), not %s" % type(to_image).__name__,
+                      "bad_revision")
     if to_revision < 0:
         raise Refused("to_revision must be 0 (previous) or a positive revision number, not %d" % to_revision,
-                              "bad_revision", available_revisions=[r.number for r in history])
+                      "bad_revision", available_revisions=[r.number for r in history])
     if to_image and to_revision:
         raise Refused("to_revision and to_image are mutually exclusive; pass one of them", "bad_revision")
     if not history:
         raise Refused("no rollout history found for %s: it has no owned revisions" % what, "no_history",
-                              available_revisions=[])
+                      available_revisions=[])
     if to_image:
         selection = _image_target(history, to_image, what)
     elif to_revision:
@@ -424,7 +518,36 @@ def select_target_revision(history, to_revision=0, to_image=None, current=None, 
                                       % (selection.target.number, selection.target.fled_at))
     else:
         selection = _default_target(history, current, what)
+    check_unambiguous(history, selection.target, current, what)
     return selection
+
+
+def _short_repr(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def duplicate_revisions(history):
+    """{number: [names]} for revision numbers held by more than one history entry."""
+    names = {}
+    for rev in history:
+        names.setdefault(rev.number, []).append(rev.name)
+    return dict((number, sorted(entries)) for number, entries in names.items() if len(entries) > 1)
+
+
+def check_unambiguous(history, target, current, what):
+    """Refuse a rollback whose target or current revision number is held by two ReplicaSets or
+    ControllerRevisions: which template that number means is a guess (kubectl would silently take one)."""
+    duplicates = duplicate_revisions(history)
+    for role, rev in (("target", target), ("current", current)):
+        if rev is not None and rev.number in duplicates:
+            entries = duplicates[rev.number]
+            raise Refused(
+                "revision %d of %s is ambiguous: %s all carry it (%s %s); nothing was changed. Remove or "
+                "re-annotate the stray %s, or choose another revision"
+                % (rev.number, what, " and ".join(entries), role, "revision" if role == "target" else "template",
+                   rev.source_kind), "ambiguous_revision",
+                available_revisions=[r.number for r in history], ambiguous=entries)
 
 
 # --- preconditions and ownership --------------------------------------------------------------------------------
@@ -439,8 +562,8 @@ def check_preconditions(kind, workload, what):
         raise Refused(
             "you cannot roll back a paused deployment: %s is paused; resume it first (kubectl rollout resume "
             "deployment/%s -n %s) and try again" % (what, meta.get("name"), meta.get("namespace")), "paused")
-    generation = meta.get("generation") or 0
-    observed = status.get("observedGeneration") or 0
+    generation = _as_int(meta.get("generation"))
+    observed = _as_int(status.get("observedGeneration"))
     if observed < generation:
         raise Refused(
             "%s has generation %d but its controller has only observed generation %d, so its revision history is "
@@ -475,12 +598,12 @@ def rollback_warnings(kind, workload, what):
         warnings.append("%s uses the OnDelete update strategy: pods keep the old template until they are deleted"
                         % what)
     if kind == "StatefulSet":
-        partition = (strategy.get("rollingUpdate") or {}).get("partition") or 0
+        partition = _as_int((strategy.get("rollingUpdate") or {}).get("partition"))
         if partition:
             warnings.append("%s has partition %d: only pods with ordinal >= %d will be rolled back"
                             % (what, partition, partition))
-        replicas = spec.get("replicas", 1)
-        if (status.get("readyReplicas") or 0) < replicas and spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady":
+        replicas = _as_int(spec.get("replicas", 1), 1)
+        if _as_int(status.get("readyReplicas")) < replicas and spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady":
             warnings.append("%s has pods that are not ready and OrderedReady pod management: a pod stuck on the bad "
                             "revision may have to be deleted by hand before the rollback proceeds" % what)
     return warnings
@@ -692,6 +815,22 @@ class RollbackPlan:
         }
 
 
+def check_objects(workload, items):
+    """Refuse objects no API server returns (wrong types, absurd nesting) before any recursive walk."""
+    if not isinstance(workload, dict) or not isinstance(workload.get("metadata") or {}, dict):
+        raise Refused("the workload read is not a Kubernetes object", "bad_object")
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise Refused("the revision history read is not a list of Kubernetes objects", "bad_object")
+    for obj in [workload] + list(items):
+        if object_depth_exceeds(obj):
+            meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+            raise Refused("%s %s is nested deeper than %d levels; refusing to plan from it"
+                          % (obj.get("kind") or "object", meta.get("name") or "?", MAX_OBJECT_DEPTH), "bad_object")
+        meta = obj.get("metadata")
+        if meta is not None and (not isinstance(meta, dict) or not isinstance(meta.get("annotations") or {}, dict)):
+            raise Refused("an object of the revision history has malformed metadata", "bad_object")
+
+
 def plan_rollback(kind, workload, items, to_revision=0, to_image=None, allow_gitops_drift=False,
                   actor=None, incident_id=None, reason=None):
     """Everything up to (not including) the API call: checks, target, patch, warnings.
@@ -700,6 +839,7 @@ def plan_rollback(kind, workload, items, to_revision=0, to_image=None, allow_git
     plan with ``skipped_reason`` and no patch.
     """
     check_kind(kind)
+    check_objects(workload, items)
     meta = workload.get("metadata") or {}
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     what = describe(kind, namespace, name)
@@ -719,7 +859,7 @@ def plan_rollback(kind, workload, items, to_revision=0, to_image=None, allow_git
     plan = RollbackPlan(kind=kind, namespace=namespace, name=name, history=history, current=current,
                         target=selection.target, how=selection.how, previous_revision=previous,
                         resource_version=meta.get("resourceVersion", ""), uid=meta.get("uid", ""),
-                        generation=meta.get("generation") or 0, warnings=warnings, owners=owners)
+                        generation=_as_int(meta.get("generation")), warnings=warnings, owners=owners)
     if templates_equal(selection.target.template, spec.get("template")):
         plan.skipped_reason = "skipped rollback: the current template of %s already matches revision %d (%s)" % (
             what, selection.target.number, selection.how)
@@ -732,4 +872,3 @@ def plan_rollback(kind, workload, items, to_revision=0, to_image=None, allow_git
     else:
         plan.patch = controller_revision_patch(plan.resource_version, selection.target.data, plan.change_cause)
     return plan
-

@@ -287,7 +287,9 @@ history:
 patch:
   description:
     - The patch body sent (JSON patch for a Deployment, strategic-merge patch for a StatefulSet or DaemonSet),
-      with secret-looking literal environment values masked. Null when nothing needed to change.
+      as redacted for output (like RV(plan), RV(history) and the diff) - secret-looking literal environment values,
+      secret flags in C(command)/C(args) (C(--password X), C(-pX), C(-u user:pw)), URL credentials and secret
+      assignments masked. Null when nothing needed to change.
   returned: when a target was selected
   type: raw
 patch_type:
@@ -410,6 +412,7 @@ from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
     FIELD_MANAGER, K8sError, KubeRest, build_api_client, require_k8s,
 )
 from ansible_collections.governed.rollback.plugins.module_utils._k8s_objects import selector_to_string
+from ansible_collections.governed.rollback.plugins.module_utils._redact import redact_text, redact_value
 from ansible_collections.governed.rollback.plugins.module_utils._revisions import (
     CHANGE_CAUSE_ANNOTATION, SUPPORTED_KINDS, check_kind, fled_marks, mask_patch, mask_template, normalize_template,
     plan_rollback, renumber_marks,
@@ -432,7 +435,7 @@ def bookkeeping(api, plan, patched, params):
     if params["mark_fled"] and plan.current is not None and plan.current is not plan.target:
         try:
             _workload.annotate_history(api, plan.kind, plan.namespace, plan.current.name,
-                             fled_marks(plan.current, when, params.get("actor"), params.get("incident_id")))
+                                       fled_marks(plan.current, when, params.get("actor"), params.get("incident_id")))
             marked = plan.current.name
         except (Refused, K8sError) as error:
             warnings.append("the rollback succeeded but revision %d (%s) could not be marked as fled, so a later "
@@ -467,10 +470,19 @@ class Outcome(object):
         self.result.update(extra)
         return self
 
+    # Every value that shows templates, annotations or free text leaves the module through the same redaction
+    # as the evidence pack (env values, secret flags in command/args, URL credentials, assignments).
+    REDACTED_KEYS = ("patch", "plan", "diff", "history", "change_cause", "rollback_warnings")
+
     def close(self):
         self.timings["total"] = time.monotonic() - self.started
         for key in self.timings:
             self.timings[key] = round(self.timings[key], 3)
+        for key in self.REDACTED_KEYS:
+            if self.result.get(key) is not None:
+                self.result[key] = redact_value(self.result[key])
+        if self.failed_msg:
+            self.failed_msg = redact_text(self.failed_msg)
         return self
 
 

@@ -577,3 +577,56 @@ def test_pods_of_statefulsets_and_daemonsets_are_mapped_by_revision_hash():
             pod("db-3", "uid-someone-else", "db:2", labels={"controller-revision-hash": "db-2"})]
     assert [(p["name"], p["revision"]) for p in rev.pod_summaries("StatefulSet", sts, history, pods)] == [
         ("db-0", 1), ("db-1", 2), ("db-2", None)]
+
+
+# --- issue 9: hostile revisions and redacted output -------------------------------------------------------------------
+
+
+def test_revision_annotations_are_parsed_like_go_parseint_base_10():
+    assert [rev.parse_go_int64(t) for t in ("3", "+3", "-3", "007")] == [3, 3, -3, 7]
+    assert [rev.parse_go_int64(t) for t in (" 3 ", "3_000", "\u0663", "9223372036854775808", "", True)] == [None] * 6
+
+
+def test_a_replicaset_whose_revision_go_rejects_is_skipped_like_the_controller_does():
+    deploy, rss = seeded_world()
+    spaced = replicaset("aureus/frontend:spaced", 9, name="spaced")
+    spaced["metadata"]["annotations"][rev.REVISION_ANNOTATION] = " 9 "
+    history = rev.deployment_history(deploy, rss + [spaced])
+    assert [r.name for r in history] == ["aureus-frontend-1", "aureus-frontend-2", "aureus-frontend-3"]
+
+
+def test_true_as_to_revision_is_refused_and_does_not_mean_revision_one():
+    deploy, rss = seeded_world()
+    with pytest.raises(Refused) as err:
+        rev.plan_rollback("Deployment", deploy, rss, to_revision=True)
+    assert err.value.code == "bad_revision"
+
+
+def test_two_replicasets_with_the_target_revision_are_refused_as_ambiguous():
+    deploy, rss = seeded_world()
+    rss.append(replicaset("aureus/frontend:evil", 2, name="aureus-frontend-evil"))
+    with pytest.raises(Refused) as err:
+        rev.plan_rollback("Deployment", deploy, rss, to_revision=2)
+    assert err.value.code == "ambiguous_revision"
+    assert "aureus-frontend-2" in err.value.msg and "aureus-frontend-evil" in err.value.msg
+
+
+def test_args_and_command_are_masked_in_plan_and_patch_output_but_sent_unmasked():
+    deploy, rss = seeded_world()
+    container = rss[1]["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = ["mysql", "-uroot", "-phunter2x"]
+    container["args"] = ["--api-token", "tok-5ecret-99", "--port=8080"]
+    plan = rev.plan_rollback("Deployment", deploy, rss, to_revision=2)
+    shown = json.dumps([plan.plan(), rev.mask_patch("Deployment", plan.patch)])
+    assert "hunter2x" not in shown and "tok-5ecret-99" not in shown
+    assert "--port=8080" in shown
+    sent = plan.patch[1]["value"]["spec"]["containers"][0]
+    assert sent["args"] == ["--api-token", "tok-5ecret-99", "--port=8080"]
+
+
+def test_template_digest_is_unchanged_by_the_output_redaction():
+    tmpl = template("aureus/frontend:v0.1.2", env=[{"name": "DB_PASSWORD", "value": "hunter2hunter2"}])
+    tmpl["spec"]["containers"][0]["args"] = ["--password", "a"]
+    other = copy.deepcopy(tmpl)
+    other["spec"]["containers"][0]["args"] = ["--password", "b"]
+    assert rev.template_sha256(tmpl) != rev.template_sha256(other), "a changed argument changes the digest"
