@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Seed the runbooks' world into a running sandbox. With --reset, first put everything back in its
 # "incident" state (aureus-frontend on the problematic v0.1.2 with revisions 1..3, config, database
-# at v0.1.2, PEP on policy v2.1, AUREUS Guard's credit_risk_pipeline_v2 corrupted with its good snapshot),
-# so drills are repeatable. `seed.sh --reset guard` resets and seeds AUREUS Guard only (a second, not minutes).
+# at v0.1.2, PEP on policy v2.1 (ConfigMap and the bundle server's bundle), AUREUS Guard's
+# credit_risk_pipeline_v2 corrupted with its good snapshot),
+# so drills are repeatable. `seed.sh --reset guard` resets and seeds AUREUS Guard only (a second, not minutes);
+# `seed.sh --reset database` resets the database aureus_metadata only; `seed.sh --reset config` the config history of
+# aureus-config only.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=sandbox/versions.sh
@@ -25,6 +28,85 @@ if [ ! -f "$STATE/canaries.env" ]; then
 fi
 # shellcheck disable=SC1091
 . "$STATE/canaries.env"
+
+# ---- Config history of aureus-config (configuration rollback, playbooks/rollback-config.yml) ---------------------
+# Kubernetes keeps no history of a ConfigMap, so the deploy pipeline records one with config_revert state=snapshot:
+# the good content (what seed/aureus-config.yaml holds, deployed with v0.1.1), then the bad push (a retention of 30
+# days and a rate limit of 10000: "Incorrect retention policy causing compliance issue"), each a snapshot object
+# labelled rollback.governed.io/source-name=aureus-config. Every run ends with the bad content live and both
+# snapshots present; --reset first deletes the snapshots (and what rollbacks left: fled marks, pre-revert copies).
+# `seed.sh --reset config` does this block alone (seconds), leaving everything else as it is.
+seed_config_history() {
+    if [ "$RESET" = --reset ]; then
+        k -n aureus delete configmap --ignore-not-found >/dev/null \
+            -l rollback.governed.io/config-snapshot=true,rollback.governed.io/source-name=aureus-config
+    fi
+    k apply -f "$SEED/aureus-config.yaml" >/dev/null
+    config_snapshot "deploy v0.1.1 (config known good)"
+    k -n aureus patch configmap aureus-config --type merge \
+        -p '{"data":{"evidence.retention.days":"30","ratelimit.query.limit":"10000"}}' >/dev/null
+    config_snapshot "deploy v0.1.2 config (retention and rate limit changed)"
+}
+config_snapshot() {  # REASON: record aureus-config's current content the way a deploy pipeline does
+    PYTHONPATH="$HERE/../build/collections" "$HERE/../.venv/bin/python" - "$1" <<'PY'
+import os
+import sys
+from ansible_collections.governed.rollback.plugins.module_utils._k8s import KubeRest, build_api_client
+from ansible_collections.governed.rollback.plugins.modules import config_revert
+params = dict((k, v.get("default")) for k, v in config_revert.argument_spec().items())
+params.update(state="snapshot", namespace="aureus", name="aureus-config", actor="deploy-pipeline", reason=sys.argv[1],
+              kubeconfig=os.environ["KUBECONFIG"])
+outcome = config_revert.execute(KubeRest(build_api_client(params)), params)
+if outcome.failed_msg:
+    sys.exit("sandbox: config snapshot of aureus/aureus-config failed: %s" % outcome.failed_msg)
+PY
+}
+if [ "$ONLY" = config ]; then
+    seed_config_history
+    echo "sandbox: aureus-config seeded with its history (good, then bad: $(k -n aureus get configmap \
+        -l rollback.governed.io/source-name=aureus-config -o name | wc -l) snapshots)"
+    exit 0
+fi
+
+# ---- PostgreSQL: role aureus, database aureus_metadata at migration v0.1.2 --------------------
+# Seeded before AUREUS Guard and the cluster, so `seed.sh --reset database` resets the database alone (a second):
+# drills and tests of the database rollback (playbooks/rollback-db.yml) reset it without touching anything else.
+# aureus may create databases: playbooks/restore-db.yml restores a backup into a new one and swaps the names.
+if [ -z "$ONLY" ] || [ "$ONLY" = database ]; then
+    if [ "$RESET" = --reset ]; then
+        psql_su -d postgres -c "DROP DATABASE IF EXISTS aureus_metadata WITH (FORCE)"
+        # what restore-db.yml drills left behind: the kept pre-restore databases and abandoned restores
+        for leftover in $(psql_su -d postgres -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'aureus\_metadata\_pre\_restore\_%' OR datname LIKE 'aureus\_metadata\_restoring\_%'"); do
+            psql_su -d postgres -c "DROP DATABASE IF EXISTS \"$leftover\" WITH (FORCE)"
+        done
+    fi
+    if ! psql_su -d postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname='aureus'" | grep -q 1; then
+        psql_su -d postgres -c "CREATE ROLE aureus LOGIN PASSWORD '$PGPASSWORD'"
+    fi
+    if ! psql_su -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='aureus_metadata'" | grep -q 1; then
+        psql_su -d postgres -c "CREATE DATABASE aureus_metadata OWNER aureus"
+        {
+            echo "BEGIN;"
+            echo "CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now(), checksum text NOT NULL);"
+            for m in v0.1.0-initial-schema v0.1.1-add-dataset-owner v0.1.2-add-pii-tracking-table; do
+                cat "$SEED/migrations/$m/up.sql"
+                echo "INSERT INTO schema_migrations (version, checksum) VALUES ('$m', '$(sha256sum "$SEED/migrations/$m/up.sql" | cut -d' ' -f1)');"
+                [ "$m" = v0.1.1-add-dataset-owner ] && cat <<'SQL'
+INSERT INTO datasets (name, pii_level, owner) VALUES
+  ('credit_risk', 'high', 'risk-team'), ('loan_book', 'low', 'lending'), ('test_dataset', 'none', 'qa'),
+  ('customer_profiles', 'high', 'crm'), ('branch_metrics', 'none', 'ops');
+SQL
+            done
+            echo "INSERT INTO pii_access_tracking (dataset_id, accessed_by) SELECT id, 'analyst-' || id FROM datasets WHERE pii_level <> 'none';"
+            echo "COMMIT;"
+        } | PGPASSWORD=$PGPASSWORD "$SANDBOX_PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$PGHOST" -p "$PGPORT" -U aureus -d aureus_metadata >/dev/null
+    fi
+    psql_su -d postgres -c "ALTER ROLE aureus CREATEDB" >/dev/null
+fi
+if [ "$ONLY" = database ]; then
+    echo "sandbox: database aureus_metadata seeded at $(psql_su -d aureus_metadata -tAc "SELECT max(version) FROM schema_migrations")"
+    exit 0
+fi
 
 # ---- AUREUS Guard: pipelines and their snapshots, deployed through its API -----------------------
 # --reset also cancels running restores and clears injected faults (sandbox/guard/seed_guard.py).
@@ -81,36 +163,13 @@ if ! k -n aureus get deployment aureus-frontend >/dev/null 2>&1; then
     seed_frontend_history
 fi
 
+# The config incident (see "Config history of aureus-config" above): good content recorded, then the bad push.
+seed_config_history
+
 # The PEP: ConfigMap aureus-policies holds the active policy (v2.1), mounted by Deployment aureus-policy.
 k -n aureus create configmap aureus-policies --from-file="$SEED/policies/v2.1/pii-access-policy.rego" \
     --from-file="$SEED/policies/v2.1/policy-manifest.json" --dry-run=client -o yaml | k apply -f - >/dev/null
 k apply -f "$SEED/aureus-policy.yaml" >/dev/null
-
-# ---- PostgreSQL: role aureus, database aureus_metadata at migration v0.1.2 --------------------
-if [ "$RESET" = --reset ]; then
-    psql_su -d postgres -c "DROP DATABASE IF EXISTS aureus_metadata WITH (FORCE)"
-fi
-if ! psql_su -d postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname='aureus'" | grep -q 1; then
-    psql_su -d postgres -c "CREATE ROLE aureus LOGIN PASSWORD '$PGPASSWORD'"
-fi
-if ! psql_su -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='aureus_metadata'" | grep -q 1; then
-    psql_su -d postgres -c "CREATE DATABASE aureus_metadata OWNER aureus"
-    {
-        echo "BEGIN;"
-        echo "CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now(), checksum text NOT NULL);"
-        for m in v0.1.0-initial-schema v0.1.1-add-dataset-owner v0.1.2-add-pii-tracking-table; do
-            cat "$SEED/migrations/$m/up.sql"
-            echo "INSERT INTO schema_migrations (version, checksum) VALUES ('$m', '$(sha256sum "$SEED/migrations/$m/up.sql" | cut -d' ' -f1)');"
-            [ "$m" = v0.1.1-add-dataset-owner ] && cat <<'SQL'
-INSERT INTO datasets (name, pii_level, owner) VALUES
-  ('credit_risk', 'high', 'risk-team'), ('loan_book', 'low', 'lending'), ('test_dataset', 'none', 'qa'),
-  ('customer_profiles', 'high', 'crm'), ('branch_metrics', 'none', 'ops');
-SQL
-        done
-        echo "INSERT INTO pii_access_tracking (dataset_id, accessed_by) SELECT id, 'analyst-' || id FROM datasets WHERE pii_level <> 'none';"
-        echo "COMMIT;"
-    } | PGPASSWORD=$PGPASSWORD "$SANDBOX_PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$PGHOST" -p "$PGPORT" -U aureus -d aureus_metadata >/dev/null
-fi
 
 # ---- Policy repository (git) with history, and the OPA server's active bundle ----------------
 REPO=$SANDBOX_POLICY_REPO
@@ -130,6 +189,36 @@ if [ "$RESET" = --reset ] || [ -z "$(ls -A "$SANDBOX_POLICY_ACTIVE" 2>/dev/null)
     rm -rf "${SANDBOX_POLICY_ACTIVE:?}"/*
     git -C "$REPO" archive pii-access-requires-approval-v2.1 policies | tar -x -C "$SANDBOX_POLICY_ACTIVE" --strip-components=1
     rm -f "$SANDBOX_POLICY_ACTIVE"/*_test.rego
+fi
+
+# ---- Policy bundle server: bundles/aureus.tar.gz = v2.1, as `opa build --revision <sha>` makes it --------------
+# OPA polls it (sandbox/up.sh); --reset publishes v2.1 again and waits until OPA reports it active.
+publish_policy_bundle() {
+    local tag=pii-access-requires-approval-v2.1 build sha
+    sha=$(git -C "$REPO" rev-parse "$tag^{commit}")
+    build=$(mktemp -d)
+    git -C "$REPO" archive "$sha" policies | tar -x -C "$build"
+    printf '{"revision":"%s","roots":["aureus"]}\n' "$sha" >"$build/policies/.manifest"
+    (cd "$build/policies" && "$SANDBOX_OPA" build -b . --ignore '*_test.rego' --revision "$sha" \
+        -o "$build/aureus.tar.gz")
+    mkdir -p "$SANDBOX_BUNDLE_SERVER_DIR/bundles"
+    cp "$build/aureus.tar.gz" "$SANDBOX_BUNDLE_SERVER_DIR/bundles/.aureus.tar.gz.seed"
+    mv -f "$SANDBOX_BUNDLE_SERVER_DIR/bundles/.aureus.tar.gz.seed" "$SANDBOX_BUNDLE_SERVER_DIR/bundles/aureus.tar.gz"
+    rm -rf "$build"
+    for _ in $(seq 1 60); do
+        curl -sf "$SANDBOX_OPA_URL/v1/status" | grep -q "\"active_revision\":\"$sha\"" && return 0
+        sleep 0.5
+    done
+    echo "sandbox: OPA did not activate policy bundle $sha from $SANDBOX_BUNDLE_SERVER_URL within 30s" >&2
+    return 1
+}
+if [ -z "${SANDBOX_BUNDLE_SERVER_DIR:-}" ]; then
+    echo "sandbox: this sandbox was started before the policy bundle server existed; restart it (sandbox/down.sh && sandbox/up.sh)" >&2
+elif [ "$RESET" = --reset ] || [ ! -f "$SANDBOX_BUNDLE_SERVER_DIR/bundles/aureus.tar.gz" ]; then
+    publish_policy_bundle
+fi
+if [ "$RESET" = --reset ]; then  # a policy rollback's revision marks would now describe v2.1 wrongly
+    k -n aureus annotate configmap aureus-policies policy.governed.io/revision- policy.governed.io/version- >/dev/null 2>&1 || true
 fi
 
 echo "sandbox: seeded (aureus-frontend revisions: $(k -n aureus get rs -l component=frontend \
