@@ -27,10 +27,13 @@ import errno
 import fcntl
 import json
 import math
+import mmap
 import os
 import re
+import stat
 import tempfile
 import traceback
+import unicodedata
 
 from ansible_collections.governed.rollback.plugins.module_utils._common import (
     ROLLBACK_TYPES, RollbackError, new_rollback_id, sha256_hex, utc_now, utc_stamp,
@@ -170,9 +173,24 @@ def _char_class(char):
     return 2 if char.isdigit() else 3
 
 
+_SEGMENT_SEPARATORS = re.compile(r"[-_]")
+
+
+def _plain_segment(segment):
+    """A piece of a build id or image tag: hex (a git SHA or build hash), or a word/number with few class switches
+    (``Linux``, ``x86``, ``64``, ``SNAPSHOT``, ``ubuntu22``). Random base64 pieces switch class all the time."""
+    if not segment or _HEX_ONLY.match(segment):
+        return True
+    return sum(1 for a, b in zip(segment, segment[1:]) if _char_class(a) != _char_class(b)) <= 2
+
+
 def _looks_random(token):
     # Hex (digests, key ids, git SHAs) is expected in receipts; random base64-like runs are not.
     if _HEX_ONLY.match(token) or not all(p.search(token) for p in _MIXED):
+        return False
+    # An image tag with a build id (1.4.2-b7f3c9a1e2d4-Linux-x86_64) is made of hex and plain words joined by - or _;
+    # a base64url secret that happens to contain - or _ still has random pieces, so it is still judged as a whole.
+    if _SEGMENT_SEPARATORS.search(token) and all(_plain_segment(s) for s in _SEGMENT_SEPARATORS.split(token)):
         return False
     switches = sum(1 for a, b in zip(token, token[1:]) if _char_class(a) != _char_class(b))
     return switches >= 0.5 * (len(token) - 1) and _entropy(token) >= 4.0
@@ -284,13 +302,161 @@ def schema_errors(receipt):
     return [_error_field(e) for e in errors]
 
 
+# --------------------------------------------------------------------------- consistency with the decision
+
+def _same_name(one, other):
+    if not isinstance(one, str) or not isinstance(other, str):
+        return one == other
+    return unicodedata.normalize("NFKC", one).casefold().strip() == unicodedata.normalize("NFKC", other).casefold().strip()
+
+
+def _approvers(items):
+    """{name: set(roles)} of an approved_by list; None when it is not a list of {name, roles} dicts."""
+    if not isinstance(items, list):
+        return None
+    result = {}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("roles", []), list):
+            return None
+        key = unicodedata.normalize("NFKC", item["name"]).casefold().strip()
+        result.setdefault(key, set()).update(r for r in item.get("roles", []) if isinstance(r, str))
+    return result
+
+
+def consistency_errors(receipt):
+    """[(field, problem)]: where the receipt contradicts its own approval decision (pure; tolerant of bad types).
+
+    A receipt is the record of one decision and one outcome: it may not claim success for a denied request, another
+    requester, a rule of another rollback type, approvers the decision did not count, or a normal run when the
+    decision was an emergency override (or the reverse).
+    """
+    if not isinstance(receipt, dict):
+        return []
+    errors = []
+    decision = receipt.get("approval")
+    outcome = receipt.get("outcome")
+    names = receipt.get("approved_by")
+    if not isinstance(decision, dict):
+        if isinstance(names, list) and names:
+            errors.append(("approved_by", "lists approvers but the receipt carries no approval decision to derive "
+                                          "them from"))
+        if receipt.get("approver") not in (None, ""):
+            errors.append(("approver", "names an approver but the receipt carries no approval decision"))
+        if receipt.get("emergency") is True:
+            errors.append(("emergency", "is true but the receipt carries no approval decision (no emergency override "
+                                        "was granted)"))
+        return errors
+    approved = decision.get("approved")
+    if outcome in ("succeeded", "failed") and approved is not True and decision.get("rule") != "unevaluated":
+        errors.append(("outcome", "is %s but the approval decision denied the rollback (a denied rollback is never "
+                                  "carried out: record outcome denied)" % outcome))
+    if outcome == "succeeded" and approved is not True and decision.get("rule") == "unevaluated":
+        errors.append(("outcome", "is succeeded but the approval could not be evaluated"))
+    if outcome == "denied" and approved is True:
+        errors.append(("outcome", "is denied but the approval decision approved the rollback"))
+    if "requested_by" in decision and not _same_name(receipt.get("requested_by"), decision.get("requested_by")):
+        errors.append(("requested_by", "differs from the approval decision's requester %r" % (decision.get("requested_by"),)))
+    rollback_type = receipt.get("rollback_type")
+    rule = decision.get("rule")
+    rows = ROLLBACK_TYPES.get(rollback_type, {}).get("approval_rows") if isinstance(rollback_type, str) else None
+    if rows is not None and rule != "unevaluated" and rule not in rows:
+        errors.append(("approval.rule", "%r is not a rule of the %s rollback type (its rules: %s)"
+                       % (rule, rollback_type, ", ".join(rows))))
+    if decision.get("rollback_type") not in (None, rollback_type):
+        errors.append(("approval.rollback_type", "%r differs from the receipt's rollback_type %r"
+                       % (decision.get("rollback_type"), rollback_type)))
+    errors.extend(_approver_errors(receipt, decision))
+    errors.extend(_emergency_errors(receipt, decision))
+    return errors
+
+
+def _approver_errors(receipt, decision):
+    errors = []
+    counted = _approvers(decision.get("approved_by", []))
+    given = _approvers(receipt.get("approved_by"))
+    if counted is None:
+        return [("approval.approved_by", "is not a list of {name, roles}")]
+    if given is None:
+        return [("approved_by", "is not a list of {name, roles}")]
+    extra = sorted(set(given) - set(counted))
+    if extra:
+        errors.append(("approved_by", "names %s, whom the approval decision did not count" % ", ".join(extra)))
+    inflated = sorted(name for name in set(given) & set(counted) if not given[name] <= counted[name])
+    if inflated:
+        errors.append(("approved_by", "gives %s roles the approval decision did not count them for" % ", ".join(inflated)))
+    if set(given) != set(counted) and not extra:
+        errors.append(("approved_by", "leaves out %s, counted by the approval decision"
+                       % ", ".join(sorted(set(counted) - set(given)))))
+    approver = receipt.get("approver")
+    if approver is not None:
+        listed = {unicodedata.normalize("NFKC", n).casefold().strip() for n in str(approver).split(",") if n.strip()}
+        if listed != set(counted):
+            errors.append(("approver", "is not derived from the approval decision (it counted: %s)"
+                           % (", ".join(sorted(counted)) or "nobody")))
+    return errors
+
+
+def _emergency_errors(receipt, decision):
+    errors = []
+    emergency = decision.get("emergency") is True
+    path = decision.get("approval_path")
+    if emergency:
+        if path != "emergency_override":
+            errors.append(("approval.approval_path", "is %r but the decision is an emergency (emergency_override "
+                                                     "expected): an emergency edited to look normal" % (path,)))
+        if not decision.get("retroactive_approval_due"):
+            errors.append(("approval.retroactive_approval_due", "is cleared although the decision is an emergency"))
+        if decision.get("post_incident_review") != "required":
+            errors.append(("approval.post_incident_review", "is not required although the decision is an emergency"))
+    elif path == "emergency_override" or decision.get("retroactive_approval_due"):
+        errors.append(("approval.emergency", "is false but the decision is an emergency override (approval_path %s, "
+                                             "retroactive approval due %s): an emergency edited to look normal"
+                       % (path, decision.get("retroactive_approval_due"))))
+    if receipt.get("emergency") is not emergency:
+        errors.append(("emergency", "is %r but the approval decision's emergency is %r" % (receipt.get("emergency"), emergency)))
+    if emergency:
+        if receipt.get("retroactive_approval_due") != decision.get("retroactive_approval_due"):
+            errors.append(("retroactive_approval_due", "differs from the emergency decision's"))
+        if receipt.get("post_incident_review") != "required":
+            errors.append(("post_incident_review", "is not required although the decision is an emergency"))
+    return errors
+
+
+MAX_DEPTH = 32
+
+
+def check_depth(value, limit=MAX_DEPTH):
+    """Refuse values nested deeper than ``limit`` (checked without recursion, so hostile input cannot blow the stack)."""
+    stack = [(value, "receipt", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > limit:
+            raise ReceiptError("receipt refused: %s is nested more than %d levels deep; nothing was written"
+                               % (path, limit), fields=[path])
+        if isinstance(node, dict):
+            stack.extend((item, "%s.%s" % (path, key) if path != "receipt" else str(key), depth + 1)
+                         for key, item in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((item, "%s[%d]" % (path, index), depth + 1) for index, item in enumerate(node))
+
+
+def check_consistency(receipt):
+    errors = consistency_errors(receipt)
+    if errors:
+        raise ReceiptError("receipt refused, it contradicts its approval decision: %s; nothing was written"
+                           % "; ".join("%s %s" % e for e in errors), fields=sorted({e[0] for e in errors}))
+
+
 def validate_receipt(receipt):
-    """Secret guard first (so no error ever echoes a secret), then the JSON Schema; ReceiptError names fields."""
+    """Secret guard first (so no error ever echoes a secret), then the JSON Schema, then consistency with the
+    approval decision; ReceiptError names fields."""
+    check_depth(receipt)
     guard_secrets(receipt)
     errors = schema_errors(receipt)
     if errors:
         raise ReceiptError("receipt refused by the schema: " + "; ".join("%s %s" % (f, p) for f, p in errors),
                            fields=[error[0] for error in errors])
+    check_consistency(receipt)
     return receipt
 
 
@@ -621,6 +787,8 @@ def _check_entry(line, seq, prev, keys, seen_ids):
         entry = json.loads(line.decode("utf-8"), object_pairs_hook=_reject_duplicates)
     except (UnicodeDecodeError, ValueError) as exc:
         return "is not valid JSON (%s)" % exc, None
+    except RecursionError:
+        return "is not valid JSON (nested too deeply)", None
     if not isinstance(entry, dict) or sorted(entry) != sorted(ENTRY_KEYS):
         return "does not have the entry fields %s" % ", ".join(ENTRY_KEYS), None
     receipt = entry["receipt"]
@@ -635,9 +803,11 @@ def _check_entry(line, seq, prev, keys, seen_ids):
             return "is not in canonical (RFC 8785) form: it was edited", entry
     except ReceiptError as exc:
         return exc.msg, entry
+    except RecursionError:
+        return "receipt is nested too deeply", entry
     if sha256_hex(body) != entry["entry_sha256"]:
         return "does not match its own entry_sha256: it was altered", entry
-    if entry["seq"] != seq:
+    if type(entry["seq"]) is not int or entry["seq"] != seq:  # pylint: disable=unidiomatic-typecheck
         return "has seq %r where %d was expected (entries missing or reordered)" % (entry["seq"], seq), entry
     if entry["prev"] != prev:
         return "does not chain to entry %d (prev is not the previous entry_sha256)" % (seq - 1), entry
@@ -651,6 +821,9 @@ def _check_entry(line, seq, prev, keys, seen_ids):
     errors = schema_errors(receipt)
     if errors:
         return "receipt fails the schema: %s" % "; ".join("%s %s" % e for e in errors[:3]), entry
+    errors = consistency_errors(receipt)
+    if errors:
+        return "receipt contradicts its approval decision: %s" % "; ".join("%s %s" % e for e in errors[:3]), entry
     signing = receipt.get("signing") or {}
     if not isinstance(entry["signatures"], list):
         return "signatures is not a list", entry
@@ -676,7 +849,7 @@ def verify_ledger_bytes(data, head_bytes=None, keys=None):
     """
     result = {"valid": False, "entries": 0, "first_bad_entry": None, "bad_rollback_id": None, "message": "",
               "checkpoint": None, "unsigned_entries": [], "signatures_checked": bool(keys),
-              "last_entry_sha256": GENESIS, "index": {}}
+              "last_entry_sha256": GENESIS, "index": {}, "digests": []}
     data = data or b""
     lines = data.split(b"\n")
     complete, tail = lines[:-1], lines[-1]
@@ -689,6 +862,7 @@ def verify_ledger_bytes(data, head_bytes=None, keys=None):
         if not entry["signatures"]:
             result["unsigned_entries"].append(seq)
         result["index"][entry["rollback_id"]] = seq
+        result["digests"].append((entry["receipt_sha256"], entry["entry_sha256"]))
         prev = entry["entry_sha256"]
         result["entries"] = seq
     result["last_entry_sha256"] = prev
@@ -711,6 +885,31 @@ def _bad(result, seq, entry, message):
     return result
 
 
+def parse_checkpoint(head_bytes, keys, what="signed head"):
+    """(checkpoint {size, head, updated_at, signed, keyids}, None) or (None, problem) for a head or mirror file."""
+    try:
+        envelope = json.loads(head_bytes.decode("utf-8"))
+        payload, payload_type, keyids = open_envelope(envelope, keys)
+        checkpoint = json.loads(payload.decode("utf-8"))
+        size, head = checkpoint["size"], checkpoint["head"]
+    except ReceiptError as exc:
+        return None, "%s: %s" % (what, exc.msg)
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return None, "%s does not parse: %s" % (what, exc)
+    except RecursionError:
+        return None, "%s does not parse: nested too deeply" % what
+    if payload_type != CHECKPOINT_PAYLOAD_TYPE or not isinstance(checkpoint, dict) or checkpoint.get("_type") != CHECKPOINT_TYPE:
+        return None, "%s is not a ledger checkpoint" % what
+    if keys and not keyids:
+        return None, "%s carries no signature" % what
+    if type(size) is not int or size < 0 or size >= 2 ** 63:  # pylint: disable=unidiomatic-typecheck
+        return None, "%s has an invalid size" % what
+    if not isinstance(head, str) or not re.match(r"^[0-9a-f]{64}$", head):
+        return None, "%s has an invalid head digest" % what
+    return {"size": size, "head": head, "updated_at": checkpoint.get("updated_at"), "signed": bool(keyids),
+            "keyids": keyids}, None
+
+
 def _check_head(result, head_bytes, keys):
     count = result["entries"]
     if not head_bytes:
@@ -719,23 +918,11 @@ def _check_head(result, head_bytes, keys):
             return result
         return _bad(result, count, None, "signed head missing: %d entries but no checkpoint, so a cut-off tail "
                                          "could not be detected; restore the .head file" % count)
-    try:
-        envelope = json.loads(head_bytes.decode("utf-8"))
-        payload, payload_type, keyids = open_envelope(envelope, keys)
-        checkpoint = json.loads(payload.decode("utf-8"))
-        size, head = checkpoint["size"], checkpoint["head"]
-    except ReceiptError as exc:
-        return _bad(result, count or None, None, "signed head: %s" % exc.msg)
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        return _bad(result, count or None, None, "signed head does not parse: %s" % exc)
-    if payload_type != CHECKPOINT_PAYLOAD_TYPE or checkpoint.get("_type") != CHECKPOINT_TYPE:
-        return _bad(result, count or None, None, "signed head is not a ledger checkpoint")
-    result["checkpoint"] = {"size": size, "head": head, "updated_at": checkpoint.get("updated_at"),
-                            "signed": bool(keyids), "keyids": keyids}
-    if keys and not keyids:
-        return _bad(result, count or None, None, "signed head carries no signature")
-    if not isinstance(size, int) or size < 0:
-        return _bad(result, None, None, "signed head has an invalid size")
+    checkpoint, problem = parse_checkpoint(head_bytes, keys, "signed head")
+    if problem:
+        return _bad(result, count or None, None, problem)
+    result["checkpoint"] = checkpoint
+    size, head = checkpoint["size"], checkpoint["head"]
     if size > count:
         return _bad(result, count + 1, None,
                     "ledger truncated: the signed head covers %d entries but the file holds %d; entries %d..%d are "
@@ -753,14 +940,219 @@ def _check_head(result, head_bytes, keys):
     return result
 
 
+# --------------------------------------------------------------------------- witnesses, head mirror, envelopes (pure)
+
+_DIGEST = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
+
+
+def normalize_witnesses(witnesses):
+    """[{seq, kind, sha256, rollback_id, name}] from what operators gather elsewhere; LedgerError names a bad one.
+
+    A witness is ``{seq, sha256}`` where ``sha256`` is the RECEIPT digest (``receipt_sha256``, what the AWX job
+    artifacts carry from set_stats as ``ledger_seq`` + ``receipt_sha256``); ``entry_sha256`` instead pins the ledger
+    entry's own hash. ``ledger_seq`` is accepted for ``seq``, ``rollback_id`` and ``name`` are optional. Also accepted:
+    the artifacts themselves, ``{"governed_rollback_receipts": {rollback_id: summary}}`` or
+    ``{"governed_rollback": {...}}``; an artifact of a run that wrote no receipt (``ledger_seq`` -1) is skipped.
+    """
+    if witnesses is None:
+        return []
+    items = _witness_items(witnesses)
+    result = []
+    for index, item in enumerate(items):
+        label = "witness %d" % (index + 1)
+        if not isinstance(item, dict):
+            raise LedgerError("%s is not a mapping with seq and sha256" % label)
+        if isinstance(item.get("name"), str) and item["name"]:
+            label = "witness %d (%s)" % (index + 1, item["name"][:128])
+        seq = item.get("seq", item.get("ledger_seq"))
+        if seq in (-1, "-1") and not item.get("receipt_sha256") and not item.get("sha256"):
+            continue
+        if isinstance(seq, str) and re.match(r"^[0-9]{1,18}$", seq):
+            seq = int(seq)
+        if type(seq) is not int or not 1 <= seq < 2 ** 63:  # pylint: disable=unidiomatic-typecheck
+            raise LedgerError("%s has no valid seq (a positive integer; got %s)" % (label, type(seq).__name__))
+        kind = "entry" if item.get("entry_sha256") is not None else "receipt"
+        digest = item.get("entry_sha256") if kind == "entry" else item.get("sha256", item.get("receipt_sha256"))
+        match = _DIGEST.match(digest) if isinstance(digest, str) else None
+        if not match:
+            raise LedgerError("%s (seq %d) has no valid sha256 (64 lower-case hex digits of the receipt, or "
+                              "entry_sha256)" % (label, seq))
+        rollback_id = item.get("rollback_id")
+        if rollback_id is not None and not isinstance(rollback_id, str):
+            raise LedgerError("%s (seq %d) has a rollback_id that is not a string" % (label, seq))
+        result.append({"seq": seq, "kind": kind, "sha256": match.group(1), "rollback_id": rollback_id, "name": label})
+    return result
+
+
+def _witness_items(witnesses):
+    if isinstance(witnesses, (bytes, str)):
+        witnesses = parse_witness_text(witnesses)
+    if isinstance(witnesses, dict):
+        if "governed_rollback_receipts" in witnesses or "governed_rollback" in witnesses:
+            items = []
+            receipts = witnesses.get("governed_rollback_receipts")
+            if isinstance(receipts, dict):
+                items.extend(dict(v, rollback_id=v.get("rollback_id", k)) if isinstance(v, dict) else v
+                             for k, v in sorted(receipts.items()))
+            if "governed_rollback" in witnesses:
+                items.append(witnesses["governed_rollback"])
+            return items
+        if "seq" in witnesses or "ledger_seq" in witnesses:
+            return [witnesses]
+        return [dict(v, rollback_id=v.get("rollback_id", k)) if isinstance(v, dict) else v
+                for k, v in sorted(witnesses.items())]
+    if isinstance(witnesses, list):
+        items = []
+        for item in witnesses:
+            items.extend(_witness_items(item) if isinstance(item, dict) and "seq" not in item
+                         and "ledger_seq" not in item else [item])
+        return items
+    raise LedgerError("witnesses must be a list of {seq, sha256} (or AWX job artifacts), not %s"
+                      % type(witnesses).__name__)
+
+
+def parse_witness_text(text):
+    """A witnesses file: one JSON document (list or artifacts) or JSONL (one witness per line)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise LedgerError("witnesses file is not UTF-8")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise LedgerError("witnesses file is nested too deeply")
+    except ValueError:
+        pass
+    items = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except (ValueError, RecursionError) as exc:
+            raise LedgerError("witnesses file line %d is not JSON (%s)" % (number, str(exc)[:200]))
+    return items
+
+
+def check_witnesses(result, witnesses):
+    """Refuse a ledger that lacks or contradicts any witness (truncation, an older head put back, a rewrite)."""
+    result["witnesses_checked"] = 0
+    if not result["valid"]:
+        return result
+    for witness in witnesses:
+        seq, short = witness["seq"], witness["sha256"][:16]
+        if seq > result["entries"]:
+            return _bad(result, result["entries"] + 1, None,
+                        "ledger lacks entry %d, which %s saw (%s sha256 %s…): the ledger holds %d entries, so it was "
+                        "truncated or an older ledger and head were put back" % (
+                            seq, witness["name"], witness["kind"], short, result["entries"]))
+        receipt_digest, entry_digest = result["digests"][seq - 1]
+        have = entry_digest if witness["kind"] == "entry" else receipt_digest
+        if have != witness["sha256"]:
+            return _bad(result, seq, None,
+                        "entry %d contradicts %s: it saw %s sha256 %s…, the ledger has %s…: the ledger was rewritten "
+                        "or replaced" % (seq, witness["name"], witness["kind"], short, have[:16]))
+        if witness["rollback_id"] is not None and result["index"].get(witness["rollback_id"]) != seq:
+            return _bad(result, seq, None, "entry %d contradicts %s: it saw rollback_id %s there"
+                        % (seq, witness["name"], witness["rollback_id"][:128]))
+        result["witnesses_checked"] += 1
+    return result
+
+
+def check_mirror(result, mirror_bytes, keys, mirror):
+    """The ledger against its head mirror (a second copy of the signed head kept elsewhere, which only grows)."""
+    if not result["valid"]:
+        return result
+    if mirror_bytes is None:
+        if result["entries"] == 0:
+            return result
+        return _bad(result, result["entries"], None,
+                    "head mirror %s is missing but the ledger has %d entries: the mirror was deleted (if the mirror "
+                    "was only just configured, the next append writes it)" % (mirror, result["entries"]))
+    checkpoint, problem = parse_checkpoint(mirror_bytes, keys, "head mirror %s" % mirror)
+    if problem:
+        return _bad(result, result["entries"] or None, None, problem)
+    size = checkpoint["size"]
+    result["mirror"] = {"path": mirror, "size": size, "head": checkpoint["head"], "lag": max(result["entries"] - size, 0)}
+    if size > result["entries"]:
+        return _bad(result, result["entries"] + 1, None,
+                    "head mirror %s is at seq %d but the ledger holds %d entries: the ledger was truncated or rolled "
+                    "back to an older copy (entries %d..%d are gone)" % (mirror, size, result["entries"],
+                                                                         result["entries"] + 1, size))
+    if size and result["digests"][size - 1][1] != checkpoint["head"]:
+        return _bad(result, size, None, "entry %d does not match head mirror %s (mirror %s…, entry %s…): the ledger "
+                                        "was rewritten" % (size, mirror, checkpoint["head"][:16],
+                                                           result["digests"][size - 1][1][:16]))
+    if size < result["entries"]:
+        result["message"] += "; head mirror lags at seq %d (a mirror write was missed; the next append updates it)" % size
+    return result
+
+
+def check_envelopes(result, envelopes, keys):
+    """Every receipt envelope beside the ledger must have its entry: an envelope without one is an erased receipt.
+
+    envelopes: {file name: bytes, or an error string}. Files whose statement is not a rollback receipt are ignored.
+    """
+    result["envelopes_checked"] = 0
+    if not result["valid"]:
+        return result
+    for name in sorted(envelopes):
+        data = envelopes[name]
+        if not isinstance(data, bytes):
+            return _bad(result, None, None, "receipt envelope %s: %s" % (name, data))
+        try:
+            payload, payload_type, _keyids = open_envelope(json.loads(data.decode("utf-8")), keys)
+            statement = json.loads(payload.decode("utf-8"))
+            predicate = statement.get("predicate") if statement.get("predicateType") == PREDICATE_TYPE else None
+            digest = receipt_sha256(predicate) if isinstance(predicate, dict) else None
+        except ReceiptError as exc:
+            return _bad(result, None, None, "receipt envelope %s: %s" % (name, exc.msg))
+        except (UnicodeDecodeError, ValueError, AttributeError, TypeError, RecursionError) as exc:
+            return _bad(result, None, None, "receipt envelope %s does not parse: %s" % (name, str(exc)[:200]))
+        if payload_type != STATEMENT_PAYLOAD_TYPE or predicate is None:
+            continue
+        rollback_id = predicate.get("rollback_id")
+        seq = result["index"].get(rollback_id) if isinstance(rollback_id, str) else None
+        if seq is None:
+            result.update(valid=False, first_bad_entry=None, bad_rollback_id=rollback_id if isinstance(rollback_id, str) else None,
+                          message="receipt envelope %s holds the receipt of %s (receipt sha256 %s…) but the ledger has "
+                                  "no entry for it: an erased receipt (the ledger was truncated, rolled back or "
+                                  "deleted)" % (name, str(rollback_id)[:128], digest[:16]))
+            return result
+        if result["digests"][seq - 1][0] != digest:
+            return _bad(result, seq, None, "receipt envelope %s contradicts entry %d (%s): envelope receipt sha256 "
+                                           "%s…, ledger %s…" % (name, seq, rollback_id, digest[:16],
+                                                                result["digests"][seq - 1][0][:16]))
+        result["envelopes_checked"] += 1
+    return result
+
+
 # --------------------------------------------------------------------------- ledger I/O
+
+ENVELOPE_SUFFIX = ".intoto.jsonl"
+MAX_HEAD_BYTES = 1 << 20
+MAX_ENVELOPE_BYTES = 16 << 20
+MAX_ENTRY_BYTES = 16 << 20
+
 
 def head_path(ledger):
     return ledger + ".head"
 
 
 def envelope_path_for(ledger, rollback_id):
-    return os.path.join(os.path.dirname(os.path.abspath(ledger)), "%s.intoto.jsonl" % rollback_id)
+    return os.path.join(os.path.dirname(os.path.abspath(ledger)), "%s%s" % (rollback_id, ENVELOPE_SUFFIX))
+
+
+def open_nofollow(path, flags=os.O_RDONLY, mode=0o640):
+    """os.open that refuses a symlink (O_NOFOLLOW): a link could point the record, or the key, somewhere else."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LedgerError("%s is a symbolic link; refusing to follow it (a link can redirect the record to another "
+                              "file): point the option at the real file" % path)
+        raise
 
 
 def _read_all(fd):
@@ -773,14 +1165,41 @@ def _read_all(fd):
         chunks.append(chunk)
 
 
-def _read_file(path):
+def _read_file(path, limit=MAX_HEAD_BYTES):
+    """Bytes of a regular file (no symlink), None when absent; LedgerError when it is a link, not a file or too big."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except IOError as exc:
+        fd = open_nofollow(path)
+    except OSError as exc:
         if exc.errno == errno.ENOENT:
             return None
         raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LedgerError("%s is not a regular file" % path)
+        if os.fstat(fd).st_size > limit:
+            raise LedgerError("%s is larger than %d bytes; it is not a file this collection wrote" % (path, limit))
+        return _read_all(fd)
+    finally:
+        os.close(fd)
+
+
+def read_private_key_file(path):
+    """A private key file's bytes, refused when it is a symlink or readable/writable by group or others."""
+    try:
+        fd = open_nofollow(path)
+    except LedgerError as exc:
+        raise ReceiptError("signing key: %s" % exc.msg)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ReceiptError("signing key %s is not a regular file" % path)
+        if mode & 0o077:
+            raise ReceiptError("signing key file %s is readable or writable by group/others (mode %04o); refusing to "
+                               "use it: run chmod 600 %s (and rotate the key if others may have read it)"
+                               % (path, stat.S_IMODE(mode), path))
+        return _read_all(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path):
@@ -792,8 +1211,11 @@ def _fsync_dir(path):
 
 
 def atomic_write(path, data, mode=0o640):
-    """Write a file so readers see either the old or the new content, durably."""
+    """Write a file so readers see either the old or the new content, durably; never through a symlink."""
     directory = os.path.dirname(os.path.abspath(path))
+    if os.path.islink(path):
+        raise LedgerError("%s is a symbolic link; refusing to replace it (a link can redirect the record to another "
+                          "file): point the option at the real file" % path)
     fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
     try:
         os.write(fd, data)
@@ -809,26 +1231,61 @@ def atomic_write(path, data, mode=0o640):
     _fsync_dir(directory)
 
 
-def verify_ledger(ledger, keys=None):
-    """verify_ledger_bytes over the files, read under a shared lock so a concurrent append is never half-seen."""
+def read_envelopes(ledger):
+    """{name: bytes or error} of the receipt envelopes (*.intoto.jsonl) in the ledger's directory."""
+    directory = os.path.dirname(os.path.abspath(ledger))
+    found = {}
+    try:
+        names = os.listdir(directory)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return found
+        raise
+    for name in names:
+        if not name.endswith(ENVELOPE_SUFFIX) or name.startswith("."):
+            continue
+        try:
+            found[name] = _read_file(os.path.join(directory, name), MAX_ENVELOPE_BYTES)
+        except LedgerError as exc:
+            found[name] = exc.msg
+        if found[name] is None:
+            del found[name]
+    return found
+
+
+def verify_ledger(ledger, keys=None, witnesses=None, head_mirror=None, envelopes=True):
+    """Full verification over the files, read under a shared lock so a concurrent append is never half-seen.
+
+    Beyond verify_ledger_bytes: every witness ({seq, sha256}, see normalize_witnesses), the head mirror (when given)
+    and, with envelopes=True, every receipt envelope in the ledger's directory must agree with the ledger.
+    """
+    witnesses = normalize_witnesses(witnesses)
     fd = None
     try:
-        fd = os.open(ledger, os.O_RDONLY)
+        fd = open_nofollow(ledger)
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             raise
     try:
         if fd is not None:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise LedgerError("ledger %s is not a regular file" % ledger)
             fcntl.flock(fd, fcntl.LOCK_SH)
             data = _read_all(fd)
         else:
             data = b""
         result = verify_ledger_bytes(data, _read_file(head_path(ledger)), keys)
+        if fd is None and result["valid"]:
+            result["message"] = "ledger %s does not exist yet (no receipts)" % ledger
+        check_witnesses(result, witnesses)
+        if head_mirror:
+            check_mirror(result, _read_file(head_mirror), keys, head_mirror)
+        if envelopes:
+            check_envelopes(result, read_envelopes(ledger), keys)
     finally:
         if fd is not None:
             os.close(fd)
-    if fd is None and result["valid"]:
-        result["message"] = "ledger %s does not exist yet (no receipts)" % ledger
+    result["witnesses"] = len(witnesses)
     return result
 
 
@@ -838,6 +1295,97 @@ def _find_existing(data, index, rollback_id):
         return None
     line = data.split(b"\n")[seq - 1]
     return json.loads(line.decode("utf-8"))
+
+
+# --------------------------------------------------------------------------- O(1) tail check for appends
+
+def _last_line(fd, length):
+    """(start offset, bytes) of the ledger's last complete line (without its newline); the file ends in a newline."""
+    chunk = 1 << 16
+    end = length - 1  # the final newline
+    start = end
+    while start > 0:
+        step = min(chunk, start)
+        os.lseek(fd, start - step, os.SEEK_SET)
+        block = os.read(fd, step)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            start = start - step + newline + 1
+            break
+        start -= step
+        if end - start > MAX_ENTRY_BYTES:
+            raise LedgerError("the last ledger entry is larger than %d bytes; run state=verify" % MAX_ENTRY_BYTES)
+        chunk *= 2
+    os.lseek(fd, start, os.SEEK_SET)
+    line = b""
+    while len(line) < end - start:
+        part = os.read(fd, end - start - len(line))
+        if not part:
+            break
+        line += part
+    return start, line
+
+
+def tail_state(fd, head_bytes, keys):
+    """What append needs, in O(1) of the ledger's size: the signed head and the tail entry it signs.
+
+    Checks the head's signature, that the last line is a complete, canonical, self-consistent and signed entry whose
+    seq and hash are the head's (so no entry after the head's seq exists). Entries before the tail are only checked by
+    full verification (state=verify). Returns the same keys verify_ledger_bytes does (index and digests empty).
+    """
+    result = {"valid": False, "entries": 0, "first_bad_entry": None, "bad_rollback_id": None, "message": "",
+              "checkpoint": None, "unsigned_entries": [], "signatures_checked": bool(keys),
+              "last_entry_sha256": GENESIS, "index": {}, "digests": [], "tail_only": True}
+    length = os.fstat(fd).st_size
+    if length == 0:
+        return _check_head(result, head_bytes, keys)
+    os.lseek(fd, length - 1, os.SEEK_SET)
+    checkpoint = parse_checkpoint(head_bytes, keys)[0] if head_bytes else None
+    if os.read(fd, 1) != b"\n":
+        seq = checkpoint["size"] + 1 if checkpoint else None
+        return _bad(result, seq, None, "entry %s is incomplete (no trailing newline): a write was cut short; move the "
+                                       "ledger aside and restore it from its last good copy" % (seq or "at the end"))
+    _start, line = _last_line(fd, length)
+    try:
+        entry = json.loads(line.decode("utf-8"), object_pairs_hook=_reject_duplicates)
+        seq, prev = entry["seq"], entry["prev"]
+    except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError) as exc:
+        return _bad(result, checkpoint["size"] if checkpoint else None, None,
+                    "the last entry is not a ledger entry (%s)" % str(exc)[:200])
+    if type(seq) is not int or seq < 1:  # pylint: disable=unidiomatic-typecheck
+        return _bad(result, None, entry, "the last entry has no valid seq")
+    problem, entry = _check_entry(line, seq, prev, keys, {})
+    if problem:
+        return _bad(result, seq, entry, "entry %d%s %s" % (seq, _named(entry), problem))
+    result.update(entries=seq, last_entry_sha256=entry["entry_sha256"])
+    result["digests"] = None
+    return _check_head(result, head_bytes, keys)
+
+
+def _find_by_id(fd, length, rollback_id, keys):
+    """The recorded entry of rollback_id, by a byte search for its entry-level key (canonical JSON escapes the
+    quotes of any string, so ``"rollback_id":"<id>","seq":`` only occurs as an entry's own field); None if absent."""
+    if length == 0:
+        return None
+    needle = b'"rollback_id":' + canonical(rollback_id) + b',"seq":'
+    with mmap.mmap(fd, length, access=mmap.ACCESS_READ) as mapped:
+        found = mapped.find(needle)
+        if found < 0:
+            return None
+        start = mapped.rfind(b"\n", 0, found) + 1
+        end = mapped.find(b"\n", found)
+        line = mapped[start:end if end >= 0 else length]
+    try:
+        entry = json.loads(line.decode("utf-8"), object_pairs_hook=_reject_duplicates)
+        seq, prev = entry["seq"], entry["prev"]
+    except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError) as exc:
+        raise LedgerError("the entry recording %s is not a ledger entry (%s)" % (rollback_id, str(exc)[:200]))
+    if type(seq) is not int:  # pylint: disable=unidiomatic-typecheck
+        raise LedgerError("the entry recording %s has no valid seq" % rollback_id)
+    problem, entry = _check_entry(line, seq, prev, keys, {})
+    if problem:
+        raise LedgerError("the entry recording %s does not verify: %s" % (rollback_id, problem))
+    return entry
 
 
 # Times a rerun of the same rollback computes afresh; idempotence compares receipts without them.
@@ -867,9 +1415,12 @@ def _differing_fields(one, other):
 
 
 def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=False, now=None,
-                   envelope_path=None):
+                   envelope_path=None, head_mirror=None, verify="tail"):
     """Validate, sign and append one receipt under an exclusive lock; refuse a ledger that does not verify.
 
+    verify="tail" (default) costs O(1) in the ledger's size: the signed head's signature, the tail entry it signs
+    (canonical, hashes, schema, signature) and the head mirror; the entries before the tail are checked by full
+    verification (state=verify), which verify="full" also runs before appending.
     Idempotent per rollback_id: the same receipt again (differing at most in the times a rerun recomputes)
     returns the recorded entry unchanged (changed False); different content under a recorded rollback_id
     is refused, naming the fields that differ.
@@ -880,6 +1431,7 @@ def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=F
     keys = list(trusted_keys or [])
     if signer is not None and all(k.keyid != signer.public_key.keyid for k in keys):
         keys.append(signer.public_key)
+    check_depth(receipt)
     receipt = copy.deepcopy(receipt)
     validate_receipt(receipt)
     expected_keyid = signer.public_key.keyid if signer is not None else None
@@ -887,13 +1439,14 @@ def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=F
         raise ReceiptError("receipt signing.keyid %s does not match the signing key %s"
                            % (receipt["signing"]["keyid"], expected_keyid), fields=["signing.keyid"])
     directory = os.path.dirname(os.path.abspath(ledger))
+    path = envelope_path or envelope_path_for(ledger, receipt["rollback_id"])
     if not os.path.isdir(directory):
         if check_mode:
-            return _plan(receipt, signer, 1, envelope_path or envelope_path_for(ledger, receipt["rollback_id"]), ledger)
+            return _plan(receipt, signer, 1, path, ledger)
         os.makedirs(directory, 0o750)
     flags = os.O_RDONLY if check_mode else (os.O_RDWR | os.O_CREAT | os.O_APPEND)
     try:
-        fd = os.open(ledger, flags, 0o640)
+        fd = open_nofollow(ledger, flags, 0o640)
     except OSError as exc:
         if check_mode and exc.errno == errno.ENOENT:
             fd = None
@@ -901,18 +1454,17 @@ def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=F
             raise
     try:
         if fd is not None:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise LedgerError("ledger %s is not a regular file" % ledger)
             fcntl.flock(fd, fcntl.LOCK_SH if check_mode else fcntl.LOCK_EX)
-            data = _read_all(fd)
-        else:
-            data = b""
-        head_bytes = _read_file(head_path(ledger))
-        state = verify_ledger_bytes(data, head_bytes, keys or None)
+        state, existing, length = _state_for_append(ledger, fd, keys, verify, receipt["rollback_id"])
         if not state["valid"]:
             raise LedgerError("refusing to append to %s: it does not verify: %s" % (ledger, state["message"]), state)
         if signer is None and state["checkpoint"] and state["checkpoint"]["signed"]:
             raise LedgerError("refusing to append to %s without a signing key: its head is signed and an unsigned "
                               "append would downgrade it; provide signing_key or signing_key_path" % ledger, state)
-        existing = _find_existing(data, state["index"], receipt["rollback_id"])
+        if head_mirror:
+            _check_mirror_for_append(head_mirror, state, keys)
         if existing is not None:
             recorded, wanted = without_rerun_times(existing["receipt"]), without_rerun_times(receipt)
             if receipt_sha256(recorded) != receipt_sha256(wanted):
@@ -920,14 +1472,12 @@ def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=F
                 raise LedgerError("rollback_id %s is already recorded at entry %d with different content (%s); a "
                                   "receipt is immutable: record this run under a new rollback_id"
                                   % (receipt["rollback_id"], existing["seq"], ", ".join(differing)), state)
-            path = envelope_path or envelope_path_for(ledger, receipt["rollback_id"])
             changed = False
             if existing["signatures"] and not check_mode:
                 changed = _write_envelope_file(path, receipt_envelope(existing["receipt"], existing["signatures"]))
             return _result(existing, changed, path, ledger)
         signatures = _sign_receipt(receipt, signer)
         entry = make_entry(state["entries"] + 1, state["last_entry_sha256"], receipt, signatures, utc_stamp(now))
-        path = envelope_path or envelope_path_for(ledger, receipt["rollback_id"])
         if check_mode:
             return _result(entry, True, path, ledger)
         line = entry_line(entry)
@@ -936,10 +1486,12 @@ def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=F
             raise LedgerError("short write to %s (%d of %d bytes); the ledger now needs repair from its last good "
                               "copy" % (ledger, written, len(line)))
         os.fsync(fd)
-        if not data:
+        if not length:
             _fsync_dir(directory)
-        atomic_write(head_path(ledger), canonical(make_checkpoint(entry["seq"], entry["entry_sha256"],
-                                                                  utc_stamp(now), signer)) + b"\n")
+        head = canonical(make_checkpoint(entry["seq"], entry["entry_sha256"], utc_stamp(now), signer)) + b"\n"
+        atomic_write(head_path(ledger), head)
+        if head_mirror:
+            _write_mirror(head_mirror, head, entry["seq"])
         if signatures:
             _write_envelope_file(path, receipt_envelope(receipt, signatures))
         return _result(entry, True, path, ledger)
@@ -948,9 +1500,53 @@ def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=F
             os.close(fd)  # closing drops the flock
 
 
+def _state_for_append(ledger, fd, keys, verify, rollback_id):
+    """(state, recorded entry of rollback_id or None, ledger length) under the caller's lock."""
+    head_bytes = _read_file(head_path(ledger))
+    if fd is None:
+        return verify_ledger_bytes(b"", head_bytes, keys or None), None, 0
+    if verify == "full":
+        data = _read_all(fd)
+        state = verify_ledger_bytes(data, head_bytes, keys or None)
+        existing = _find_existing(data, state["index"], rollback_id) if state["valid"] else None
+        return state, existing, len(data)
+    length = os.fstat(fd).st_size
+    state = tail_state(fd, head_bytes, keys or None)
+    existing = _find_by_id(fd, length, rollback_id, keys or None) if state["valid"] else None
+    return state, existing, length
+
+
+def _check_mirror_for_append(mirror, state, keys):
+    """The head mirror never shrinks and never disagrees: refuse an append to a ledger behind or off its mirror."""
+    mirror_bytes = _read_file(mirror)
+    if mirror_bytes is None:
+        return
+    checkpoint, problem = parse_checkpoint(mirror_bytes, keys, "head mirror %s" % mirror)
+    if problem:
+        raise LedgerError("refusing to append: %s" % problem, state)
+    if checkpoint["size"] > state["entries"]:
+        raise LedgerError("refusing to append: head mirror %s is at seq %d but the ledger holds %d entries: the ledger "
+                          "was truncated or rolled back to an older copy"
+                          % (mirror, checkpoint["size"], state["entries"]), state)
+    if checkpoint["size"] == state["entries"] and checkpoint["head"] != state["last_entry_sha256"]:
+        raise LedgerError("refusing to append: entry %d does not match head mirror %s: the ledger was rewritten"
+                          % (checkpoint["size"], mirror), state)
+
+
+def _write_mirror(mirror, head, seq):
+    directory = os.path.dirname(os.path.abspath(mirror))
+    try:
+        if not os.path.isdir(directory):
+            os.makedirs(directory, 0o750)
+        atomic_write(mirror, head)
+    except (IOError, OSError) as exc:
+        raise LedgerError("the receipt is recorded at entry %d but the head mirror %s could not be written (%s): fix "
+                          "it and append again; state=verify reports the mirror lagging until then" % (seq, mirror, exc))
+
+
 def _write_envelope_file(path, envelope):
     content = canonical(envelope) + b"\n"
-    if _read_file(path) == content:
+    if _read_file(path, MAX_ENVELOPE_BYTES) == content:
         return False
     atomic_write(path, content, 0o644)
     return True

@@ -208,7 +208,9 @@ options:
       - Takes precedence over O(signing_key_path).
     type: str
   signing_key_path:
-    description: Path of the ed25519 private key PEM file. Read from E(GOVERNED_ROLLBACK_SIGNING_KEY_FILE) when not given.
+    description:
+      - Path of the ed25519 private key PEM file. Read from E(GOVERNED_ROLLBACK_SIGNING_KEY_FILE) when not given.
+      - Refused when it is a symlink or its mode lets group or others read or write it (C(chmod 600) it).
     type: path
   public_key:
     description:
@@ -228,7 +230,69 @@ options:
         without signatures. The result then says RV(signatures_checked=false).
     type: bool
     default: false
+  head_mirror:
+    description:
+      - A second copy of the signed head kept in another location (another volume, a WORM bucket mount).
+      - With O(state=present), every append also writes the signed head there (atomically), and an append to a
+        ledger behind its mirror (truncated or rolled back) or off it (rewritten) is refused.
+      - With O(state=verify), the ledger must match the mirror, and a mirror ahead of the ledger means the ledger
+        was truncated or rolled back. A missing mirror beside a non-empty ledger is invalid.
+    type: path
+  witnesses:
+    description:
+      - With O(state=verify), ledger positions seen elsewhere, for example the AWX job artifacts of earlier runs
+        (C(ledger_seq) and C(receipt_sha256) from C(governed_rollback) or C(governed_rollback_receipts)).
+      - Each item is C({seq, sha256}), where C(sha256) is the RECEIPT digest (C(receipt_sha256)); C(entry_sha256)
+        instead pins the ledger entry's own hash. C(ledger_seq) is accepted for C(seq); C(rollback_id) and C(name)
+        are optional. The artifacts dicts themselves are accepted too; a run that wrote no receipt (C(ledger_seq=-1))
+        is skipped.
+      - The ledger is invalid when it lacks a witnessed entry (truncated, or an older ledger and head put back) or
+        contradicts one (rewritten); the message names the witness.
+    type: list
+    elements: dict
+  witnesses_path:
+    description: A file of witnesses, in the forms O(witnesses) takes, as one JSON document or JSONL (one per line).
+    type: path
+  check_envelopes:
+    description:
+      - With O(state=verify), cross-check every receipt envelope (C(*.intoto.jsonl)) in the ledger's directory against
+        the ledger. An envelope whose receipt has no entry is an erased receipt and makes the ledger invalid, as does
+        an envelope that contradicts its entry or does not verify. Keep other ledgers' envelopes out of the directory.
+    type: bool
+    default: true
+  append_check:
+    description:
+      - How much of the ledger an append verifies first. V(tail) costs the same at any ledger size (constant time) - the signed
+        head's signature, the tail entry it signs (canonical form, hashes, schema, signature), the head mirror - and
+        relies on O(state=verify) (for example C(playbooks/verify-receipts.yml) on a schedule) for the entries before
+        the tail. V(full) verifies the whole ledger before every append (linear in its entries).
+      - Either way an append never follows a symlink and the O(rollback_id) lookup is a byte search, not a parse.
+    type: str
+    choices: [tail, full]
+    default: tail
 notes:
+  - "Receipt limits: free text (O(reason), O(notes), O(approver), O(backup_location), O(data_loss), failure task and
+    message) 1 to 4096 characters; names and versions (O(incident_id), O(environment), O(component),
+    O(from_version), O(to_version), O(requested_by), approver names and roles, ...) 1 to 256; O(rollback_id)
+    C(^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$); refs are C(sha256:<64 hex>), C(<image>@sha256:<64 hex>) or a git SHA (40
+    or 64 hex). Image tags with build ids (C(1.4.2-b7f3c9a1e2d4)) belong in O(from_version)/O(to_version) or
+    O(details)."
+  - "The secret guard (rules C(receipt-secret-guard/v1)) refuses a receipt when any key is named like a secret
+    (C(password), C(passwd), C(passphrase), C(secret), C(token), C(api_key), C(private_key), C(credentials)) and has a
+    value, or any value matches the collection's redaction patterns (private key blocks, C(Authorization) headers,
+    JWTs, provider keys and tokens, passwords in URLs or in C(key=value)/C(key: value) assignments), or holds a
+    high-entropy run: 20 or more characters of C([A-Za-z0-9+/=_-]) mixing upper case, lower case and digits that
+    switch character class at least every other character with a Shannon entropy of 4 bits or more. Hex runs
+    (digests, git SHAs, key ids) never count, nor runs made only of hex pieces and plain words joined by C(-) or C(_)
+    (C(b7f3c9a1e2d4-Linux-x86_64)). The error names the field and the rule, never the value."
+  - "A receipt must agree with its approval decision, or it is refused and nothing is written: O(outcome=succeeded)
+    or V(failed) needs an approved decision, V(denied) a denial; O(requested_by) is the decision's requester
+    (compared after NFKC and case folding); the decision's rule is one of the rollback type's approval rows;
+    O(approved_by) and O(approver) list exactly whom the decision counted, with no extra roles; an emergency decision
+    keeps C(approval_path=emergency_override), its retroactive approval due time and C(post_incident_review=required),
+    and the receipt's C(emergency) matches it."
+  - The signing key file (O(signing_key_path)) is refused when it is a symlink or readable by group or others (run
+    C(chmod 600) on it). The ledger, its head, the head mirror and the envelopes are never opened through a symlink.
   - Nothing secret may go into a receipt. Values that look like secrets (private keys, tokens, passwords in
     assignments or URLs, high-entropy strings) make the module refuse the receipt; the error names the fields and
     never the values, and the invocation echoed back has them masked.
@@ -290,6 +354,16 @@ EXAMPLES = r"""
     ledger: "{{ receipt_ledger }}"
     public_key_path: /etc/governed-rollback/receipt-signing.pub
   register: ledger_check
+
+- name: Verify against a head mirror and the positions earlier AWX jobs published (ledger_seq + receipt_sha256)
+  governed.rollback.rollback_receipt:
+    state: verify
+    ledger: "{{ receipt_ledger }}"
+    public_key_path: /etc/governed-rollback/receipt-signing.pub
+    head_mirror: /mnt/worm/governed-rollback/ledger.jsonl.head
+    witnesses:
+      - {seq: 41, sha256: 3f5b0c1e9d4a7b2c6e8f1a0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b, name: "AWX job 5123"}
+    witnesses_path: /var/lib/governed-rollback/witnesses.jsonl
 """
 
 RETURN = r"""
@@ -382,6 +456,18 @@ checkpoint:
   description: The signed head's content (size, head, updated_at, signed, keyids).
   returned: state=verify
   type: dict
+witnesses_checked:
+  description: Number of witnesses the ledger agreed with.
+  returned: state=verify
+  type: int
+mirror:
+  description: The head mirror's position (path, size, head, lag behind the ledger), when O(head_mirror) was given.
+  returned: state=verify
+  type: dict
+envelopes_checked:
+  description: Number of receipt envelopes beside the ledger that matched their entry.
+  returned: state=verify
+  type: int
 """
 
 import copy
@@ -401,6 +487,8 @@ from ansible_collections.governed.rollback.plugins.module_utils._receipt import 
     load_signer,
     mask_paths,
     mask_secret_text,
+    parse_witness_text,
+    read_private_key_file,
     receipt_summary,
     verify_ledger,
 )
@@ -415,7 +503,7 @@ RECEIPT_FIELDS = (
 )
 STATS_KEY = "governed_rollback_receipts"
 VERIFY_RETURN = ("valid", "entries", "first_bad_entry", "bad_rollback_id", "message", "unsigned_entries",
-                 "signatures_checked", "checkpoint")
+                 "signatures_checked", "checkpoint", "witnesses_checked", "mirror", "envelopes_checked")
 
 
 def argument_spec():
@@ -442,6 +530,11 @@ def argument_spec():
         public_key_path=dict(type="path", no_log=False),
         envelope_path=dict(type="path"),
         allow_unsigned=dict(type="bool", default=False),
+        head_mirror=dict(type="path"),
+        witnesses=dict(type="list", elements="dict"),
+        witnesses_path=dict(type="path"),
+        check_envelopes=dict(type="bool", default=True),
+        append_check=dict(type="str", choices=["tail", "full"], default="tail"),
     )
     for name in RECEIPT_FIELDS:
         spec.setdefault(name, dict(type="str"))
@@ -464,7 +557,7 @@ def load_keys(module):
         if params["signing_key"]:
             signer = load_signer(params["signing_key"])
         elif params["signing_key_path"]:
-            signer = load_signer(_read(module, params["signing_key_path"], "signing key"))
+            signer = load_signer(read_private_key_file(params["signing_key_path"]))
         keys = []
         if params["public_key"]:
             keys.append(load_public_key(params["public_key"]))
@@ -472,6 +565,8 @@ def load_keys(module):
             keys.append(load_public_key(_read(module, params["public_key_path"], "public key")))
     except ReceiptError as exc:
         module.fail_json(msg=exc.msg)
+    except (IOError, OSError) as exc:
+        module.fail_json(msg="cannot read signing key %s: %s" % (params["signing_key_path"], exc.strerror or exc))
     return signer, keys
 
 
@@ -488,11 +583,19 @@ def run_verify(module, signer, keys):
         module.fail_json(msg="verifying %s needs the public key: pass public_key or public_key_path (or the signing "
                              "key), or set allow_unsigned=true to check only the chain and digests"
                          % module.params["ledger"])
+    params = module.params
+    witnesses = list(params["witnesses"] or [])
     try:
-        state = verify_ledger(module.params["ledger"], keys or None)
+        if params["witnesses_path"]:
+            gathered = parse_witness_text(_read(module, params["witnesses_path"], "witnesses file"))
+            witnesses.extend(gathered if isinstance(gathered, list) else [gathered])
+        state = verify_ledger(params["ledger"], keys or None, witnesses=witnesses, head_mirror=params["head_mirror"],
+                              envelopes=params["check_envelopes"])
+    except LedgerError as exc:
+        module.fail_json(msg=exc.msg, valid=False, changed=False)
     except (IOError, OSError) as exc:
-        module.fail_json(msg="cannot read ledger %s: %s" % (module.params["ledger"], exc), exception=traceback.format_exc())
-    result = dict((key, state[key]) for key in VERIFY_RETURN)
+        module.fail_json(msg="cannot read ledger %s: %s" % (params["ledger"], exc), exception=traceback.format_exc())
+    result = dict((key, state.get(key)) for key in VERIFY_RETURN)
     result.update(changed=False, head=head_path(module.params["ledger"]))
     if not state["valid"]:
         module.fail_json(msg=state["message"], **result)
@@ -547,7 +650,8 @@ def run_present(module, signer, keys):
                                 keyid=signer.public_key.keyid if signer is not None else None,
                                 masked_fields=masked)
         outcome = append_receipt(params["ledger"], receipt, signer=signer, trusted_keys=keys,
-                                 check_mode=module.check_mode, envelope_path=params["envelope_path"])
+                                 check_mode=module.check_mode, envelope_path=params["envelope_path"],
+                                 head_mirror=params["head_mirror"], verify=params["append_check"])
     except ReceiptError as exc:
         module.fail_json(msg=exc.msg, fields=exc.fields,
                          invocation=safe_invocation(module, masked + (exc.fields if exc.secret else [])))

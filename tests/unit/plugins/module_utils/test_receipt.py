@@ -415,8 +415,17 @@ def test_rerun_that_recomputed_only_its_times_is_still_idempotent(signer, ledger
 
 def test_rerun_with_a_different_approver_under_the_same_id_is_refused(signer, ledger):
     R.append_receipt(ledger, make_receipt(signer), signer=signer)
-    other = make_receipt(signer, approvals=("dba", "eng-lead", "cto"))
-    with pytest.raises(R.LedgerError, match="different content \\(approval.approved_by, approved_by, approver\\)"):
+    # Another engineering lead approved this time (the decision only lists approvers whose roles counted).
+    roster = dict(ROSTER, **{"eng-lead-2": ["engineering_lead"]})
+    other = make_receipt(signer)
+    other = R.build_receipt(dict((k, other[k]) for k in ("rollback_id", "outcome", "incident_id", "environment", "reason",
+                                                         "component", "from_version", "to_version", "current_ref",
+                                                         "rollback_target_ref", "migration_reverted", "backup_location",
+                                                         "data_loss", "downtime", "verification")),
+                            approval={"decision": evaluate("database", "oncall", ["dba", "eng-lead-2"], roster, now=NOW)},
+                            now=NOW, evidence=other["evidence"], keyid=signer.public_key.keyid)
+    with pytest.raises(R.LedgerError, match="different content \\(approval.approved_by, approval.role_assignments.engineering_lead, approved_by, "
+                       "approver\\)"):
         R.append_receipt(ledger, other, signer=signer)
 
 
@@ -447,8 +456,19 @@ def test_append_to_a_ledger_that_does_not_verify_is_refused(signer, ledger):
     data[data.index(b'"downtime":"5 minutes"') + 13] ^= 0x01
     write(ledger, bytes(data))
     with pytest.raises(R.LedgerError, match="refusing to append .* entry 1 \\(rollback-20240115-103000\\)"):
+        R.append_receipt(ledger, make_receipt(signer, "rollback-20240115-999999"), signer=signer, verify="full")
+    assert read(ledger) == bytes(data)
+
+
+def test_o1_append_checks_the_tail_entry_and_full_verify_names_an_edited_middle_entry(signer, ledger):
+    fill(ledger, signer, 3)
+    data = bytearray(read(ledger))
+    data[data.rindex(b'"downtime":"5 minutes"') + 13] ^= 0x01  # the last entry: the one the head signs
+    write(ledger, bytes(data))
+    with pytest.raises(R.LedgerError, match="refusing to append .* entry 3 \\(rollback-20240115-103002\\)"):
         R.append_receipt(ledger, make_receipt(signer, "rollback-20240115-999999"), signer=signer)
     assert read(ledger) == bytes(data)
+    assert R.verify_ledger(ledger, [signer.public_key])["first_bad_entry"] == 3
 
 
 def test_unsigned_append_to_a_signed_ledger_is_refused(signer, ledger):

@@ -3,7 +3,6 @@
 import base64
 import copy
 import json
-import time
 
 import pytest
 import yaml
@@ -458,24 +457,11 @@ def _json_log_line(size):
     return ",".join(parts)
 
 
-def _best_time(func, tries=3, bound=2.0):
-    # CPU time of this process: the work done, which is what must be linear. Wall-clock time (perf_counter) on a
-    # shared machine measures the neighbours too (bench/redact_scan.py prints both).
-    best = None
-    for _try in range(tries):
-        started = time.process_time()
-        func()
-        elapsed = time.process_time() - started
-        best = elapsed if best is None else min(best, elapsed)
-        if best < bound:
-            break
-    return best
-
-
 @pytest.mark.parametrize("shape,size", [("json-log", 1400000), ("npm-quadratic", 1400000), ("base64", 1400000),
                                         ("json-log", 5000000)])
-def test_a_single_huge_line_scans_and_redacts_in_linear_time(shape, size):
-    # A generous bound only (shared CI machines); bench/redact_scan.py prints the real numbers.
+def test_a_single_huge_line_scans_and_redacts_with_the_secret_found_and_masked(shape, size):
+    # Timing lives in bench/redact_scan.py (a table, never a timed test); here the huge line must still be scanned
+    # and redacted correctly, through the segmented path.
     if shape == "json-log":
         line = _json_log_line(size)
     elif shape == "npm-quadratic":
@@ -484,13 +470,18 @@ def test_a_single_huge_line_scans_and_redacts_in_linear_time(shape, size):
         line = base64.b64encode(bytes(range(256)) * (size // 342)).decode()
     leak = " DB_PASSWORD=hunter2hunter2 "
     text = line[:size // 2] + leak + line[size // 2:] + "\n"
-    scanner = r.SecretScanner()
-    found = []
-    assert _best_time(lambda: found.append(scanner.scan_text(text))) < 2.0
-    assert "secret-assignment" in [f.rule for f in found[-1]]
-    redacted = []
-    assert _best_time(lambda: redacted.append(r.redact_text(text))) < 2.0
-    assert "hunter2hunter2" not in redacted[-1]
+    assert "secret-assignment" in [f.rule for f in r.SecretScanner().scan_text(text)]
+    assert "hunter2hunter2" not in r.redact_text(text)
+
+
+def test_long_lines_reach_the_rules_only_as_bounded_overlapping_segments():
+    """What makes the scan linear: no rule ever sees more than one segment of a long line, and the segments cover
+    the line with an overlap, so a secret shorter than the overlap is never cut in two."""
+    line = "".join(chr(65 + i % 26) for i in range(200000))
+    segments = r._segments(line)
+    assert max(len(seg) for seg in segments) <= r._SEGMENT + r._OVERLAP
+    assert "".join(seg[:r._SEGMENT] for seg in segments[:-1]) + segments[-1] == line
+    assert len(segments) <= len(line) // r._SEGMENT + 1
 
 
 def test_a_secret_across_a_segment_boundary_of_a_long_line_is_found():

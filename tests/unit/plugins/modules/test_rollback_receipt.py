@@ -64,6 +64,7 @@ def keys(tmp_path_factory):
     private = directory / "signing.pem"
     public = directory / "signing.pub"
     private.write_bytes(signer.private_bytes)
+    private.chmod(0o600)  # a key file others can read is refused
     public.write_text(R.public_key_pem(signer.public_key))
     other = directory / "other.pub"
     other.write_text(R.public_key_pem(CryptoSigner.generate_ed25519().public_key))
@@ -73,7 +74,7 @@ def keys(tmp_path_factory):
 def approve(approvals):
     return {"name": "approve", "governed.rollback.rollback_approval": {
         "rollback_type": "database", "requested_by": "oncall", "approvals": approvals, "roster": "{{ roster }}",
-        "priority": "P2"}, "register": "approval"}
+        "priority": "P2", "approval_mode": "asserted"}, "register": "approval"}
 
 
 def receipt_task(ledger, name="receipt", **overrides):
@@ -292,3 +293,50 @@ def test_verify_receipts_playbook_passes_then_catches_truncation(tmp_path, keys)
     check = bad.stats["governed_rollback_ledger_check"]
     assert check["valid"] is False and check["first_bad_entry"] == 2
     assert check["message"].startswith("ledger truncated: the signed head covers 2 entries but the file holds 1")
+
+
+def test_key_file_readable_by_others_or_symlinked_is_refused_with_the_chmod_and_writes_nothing(tmp_path, keys):
+    ledger = str(tmp_path / "receipts" / "ledger.jsonl")
+    loose = tmp_path / "loose.pem"
+    loose.write_bytes(open(keys["private"], "rb").read())
+    loose.chmod(0o644)
+    link = tmp_path / "link.pem"
+    link.symlink_to(keys["private"])
+    run = run_play(tmp_path, [approve(["dba", "eng-lead"]),
+                              dict(receipt_task(ledger, name="loose", signing_key_path=str(loose)), ignore_errors=True),
+                              dict(receipt_task(ledger, name="link", signing_key_path=str(link)), ignore_errors=True)])
+    assert "mode 0644" in run.failed["loose"]["msg"] and "chmod 600 %s" % loose in run.failed["loose"]["msg"]
+    assert "is a symbolic link" in run.failed["link"]["msg"]
+    assert not os.path.exists(os.path.dirname(ledger))
+    assert CANARY not in run.text and keys["pem"].splitlines()[1] not in run.text
+
+
+def test_verify_with_a_mirror_and_witnesses_catches_an_older_head_put_back(tmp_path, keys):
+    ledger = str(tmp_path / "receipts" / "ledger.jsonl")
+    mirror = str(tmp_path / "mirror" / "ledger.head")
+    tasks = [approve(["dba", "eng-lead"])] + [
+        receipt_task(ledger, name="r%d" % i, rollback_id="rollback-20240115-10304%d" % i,
+                     signing_key_path=keys["private"], head_mirror=mirror) for i in range(3)]
+    first = run_play(tmp_path, tasks)
+    assert first.failed == {}
+    witnesses = [{"seq": first.results["r%d" % i]["ledger_seq"], "sha256": first.results["r%d" % i]["receipt_sha256"],
+                  "name": "AWX job %d" % i} for i in range(3)]
+    with open(ledger, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    with open(ledger, "wb") as handle:
+        handle.write(b"\n".join(lines[:2]) + b"\n")
+    signer = R.load_signer(keys["pem"])
+    entry = json.loads(lines[1])
+    with open(R.head_path(ledger), "wb") as handle:  # a genuine older head, re-signed as the tool would have
+        handle.write(R.canonical(R.make_checkpoint(2, entry["entry_sha256"], "2024-01-15T10:30:45Z", signer)) + b"\n")
+    os.unlink(str(tmp_path / "receipts" / "rollback-20240115-103042.intoto.jsonl"))
+    witness_file = tmp_path / "witnesses.jsonl"
+    witness_file.write_text("\n".join(json.dumps(w) for w in witnesses) + "\n")
+    run = run_play(tmp_path, [
+        verify_task(ledger, keys["public"], name="alone", check_envelopes=False),
+        dict(verify_task(ledger, keys["public"], name="mirror", head_mirror=mirror, check_envelopes=False), ignore_errors=True),
+        dict(verify_task(ledger, keys["public"], name="witnessed", witnesses_path=str(witness_file), check_envelopes=False),
+             ignore_errors=True)])
+    assert run.results["alone"]["valid"] is True  # truncation plus an older genuine head: invisible alone
+    assert "head mirror %s is at seq 3 but the ledger holds 2 entries" % mirror in run.failed["mirror"]["msg"]
+    assert "ledger lacks entry 3, which witness 3 (AWX job 2) saw" in run.failed["witnessed"]["msg"]
