@@ -59,6 +59,7 @@ molecule: sandbox-up
 test: collection sandbox-up
 	$(BIN)/pytest -q tests/unit tests/sandbox tests/integration
 	$(MAKE) --no-print-directory molecule
+	$(MAKE) --no-print-directory drill
 
 drill: sandbox-reset
 	$(BIN)/ansible-playbook playbooks/drill.yml

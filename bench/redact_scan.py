@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Time redaction and the secret scan on single huge lines (issue 9: a 1.4 MB log line took minutes).
 
 Run from the repository root: .venv/bin/python bench/redact_scan.py [--sizes 1400000,5000000]

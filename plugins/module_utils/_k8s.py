@@ -26,7 +26,8 @@ try:
     from kubernetes import client as k8s_client
     from kubernetes import config as k8s_config
     from kubernetes.client.rest import ApiException  # pylint: disable=unused-import
-    from urllib3.exceptions import HTTPError as TransportError  # the client's transport; refused, reset, TLS, timeout
+    # The client's transport errors (refused, reset, TLS, timeout), which are not ApiExceptions.
+    from urllib3.exceptions import HTTPError as TransportError  # pylint: disable=unused-import
 
     HAS_K8S = True
 except ImportError:  # pragma: no cover - exercised only without the library

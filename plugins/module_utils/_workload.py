@@ -37,9 +37,8 @@ def call(what, verb, resource, namespace, name, method, *args, **kwargs):
     cannot be reached a K8sError saying so."""
     try:
         return method(*args, **kwargs)
-    except TransportError as exc:
-        raise explain_api_exception(exc, verb, resource, namespace, name)
-    except ApiException as exc:
+    except (ApiException, TransportError) as exc:
+        # A transport error has no status: explain_api_exception says the server cannot be reached.
         error = explain_api_exception(exc, verb, resource, namespace, name)
         if error.status == 403:
             raise Refused(error.msg, "forbidden")

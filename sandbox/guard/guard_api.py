@@ -420,6 +420,12 @@ class Guard:
                 # The same key raced in from another request (the retry answers its operation), or another
                 # restore of the target started in between (the retry answers 409).
                 continue
+            except ApiError as error:
+                # The running restore may be this very key's, committed by a concurrent request after our lookup:
+                # look the key up again before answering 409.
+                if error.status == 409 and idempotency_key is not None and attempt < 2:
+                    continue
+                raise
         else:
             raise ApiError(409, "conflict", "a restore is already running on this target")
         with self.workers_lock:

@@ -72,7 +72,7 @@ def test_the_artifact_installs_and_runs_by_fqcn_outside_the_checkout(artifact, t
     done = subprocess.run(["ansible", "localhost", "-m", "governed.rollback.rollback_approval", "-a", json.dumps({
         "rollback_type": "configuration", "requested_by": "oncall", "approvals": ["devops-lead"],
         "approval_mode": "asserted", "roster": {"oncall": ["on_call_engineer"], "devops-lead": ["devops_lead"]}})],
-        cwd=str(work), env=env, capture_output=True, text=True)
+        cwd=str(work), env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0 and '"rule": "configuration"' in done.stdout, done.stdout + done.stderr
     # A role by FQCN from the user's own playbook, and every playbook by FQCN: they parse from the installed copy.
     (work / "mine.yml").write_text("- hosts: localhost\n  gather_facts: false\n  roles:\n"
@@ -83,5 +83,5 @@ def test_the_artifact_installs_and_runs_by_fqcn_outside_the_checkout(artifact, t
     assert "rollback_deploy" in playbooks
     for playbook in ["mine.yml"] + ["governed.rollback." + name for name in playbooks]:
         done = subprocess.run(["ansible-playbook", "--syntax-check", playbook], cwd=str(work), env=env,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         assert done.returncode == 0, (playbook, done.stdout + done.stderr)
