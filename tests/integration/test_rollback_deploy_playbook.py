@@ -533,3 +533,25 @@ def test_a_receipt_that_would_be_refused_stops_the_rollback_before_anything_chan
     annotations = incident.deployment()["metadata"].get("annotations") or {}
     assert leaked not in json.dumps(annotations)
     assert leaked not in run.stdout
+
+
+def test_a_head_mirror_kept_elsewhere_grows_with_every_receipt_and_catches_a_truncated_ledger(incident, tmp_path):
+    pb.frontend_with_history(incident.kubectl, incident.namespace)
+    mirror = str(tmp_path / "worm" / "ledger.jsonl.head")
+    os.makedirs(os.path.dirname(mirror))
+    run = incident.run(target_rev=2, receipt_head_mirror=mirror, rollback_id="rollback-mirrored")
+    assert run.status == "successful", run.explain()
+    with open(mirror, "rb") as handle, open(incident.ledger + ".head", "rb") as head:
+        assert handle.read() == head.read()
+    # Someone removes the last receipt and puts back an empty ledger: the next rollback's receipt draft is refused
+    # against the mirror before anything changes.
+    before = incident.settled_versions()
+    with open(incident.ledger, "w"):
+        pass
+    os.remove(incident.ledger + ".head")
+    again = incident.run(target_rev=3, approvals=["eng-lead"], receipt_head_mirror=mirror,
+                         rollback_id="rollback-after-truncation")
+    assert again.status == "failed"
+    assert incident.versions() == before
+    draft = again.task_result("Write the rollback receipt to the ledger (draft, checked before anything changes)")
+    assert "mirror" in draft["msg"], draft["msg"]
