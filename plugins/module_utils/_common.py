@@ -146,6 +146,15 @@ def sha256_hex(data):
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path, chunk=1 << 20):
+    """sha256 of a file's bytes, read a chunk at a time (archives and backups are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def json_sha256(value):
     """sha256 of the canonical JSON of a value."""
     return sha256_hex(canonical_json(value))

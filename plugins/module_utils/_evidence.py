@@ -45,7 +45,9 @@ import threading
 from ansible.module_utils.common.yaml import HAS_YAML, SafeLoader
 
 from ansible_collections.governed.rollback.plugins.module_utils import _pg, _proc, _redact
-from ansible_collections.governed.rollback.plugins.module_utils._common import RollbackError, pretty_json, utc_stamp
+from ansible_collections.governed.rollback.plugins.module_utils._common import (
+    RollbackError, pretty_json, sha256_file, utc_stamp,
+)
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
     HAS_K8S,
     RESOURCE_PATHS,
@@ -441,14 +443,6 @@ def build_index(rollback_id, phase_manifests, diff_summary, redaction):
 # ---------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 class _Sink(object):
     """A text file being written: utf-8 bytes go to disk and into a sha256 as they are written."""

@@ -718,23 +718,13 @@ def _sanitize(text):
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))[:80] or "none"
 
 
-def file_sha256(path):
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def backup_digest(path):
     if os.path.isdir(path):
         lines = []
         for relative in sorted(list_files(path)):
-            lines.append("%s  %s\n" % (file_sha256(os.path.join(path, relative)), relative))
+            lines.append("%s  %s\n" % (_common.sha256_file(os.path.join(path, relative)), relative))
         return _common.sha256_hex("".join(lines)), sum(os.path.getsize(os.path.join(path, r)) for r in list_files(path))
-    return file_sha256(path), os.path.getsize(path)
+    return _common.sha256_file(path), os.path.getsize(path)
 
 
 def take_backup(params, db, from_version, tables, secrets):
