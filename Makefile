@@ -4,11 +4,16 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RVENV := .venv-release
 COLL_LINK := build/collections/ansible_collections/governed/rollback
+VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
+ARTIFACT := build/dist/governed-rollback-$(VERSION).tar.gz
+# The release tools run from their own venv, first on PATH only for the targets that need them.
+RELEASE_PATH := $(CURDIR)/$(RVENV)/bin:$(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv collection sandbox-build sandbox-up sandbox-down sandbox-reset test test-unit test-integration test-sandbox molecule drill lint sanity bench dist clean
+.PHONY: release-tools docs docs-lint release help venv collection sandbox-build sandbox-up sandbox-down sandbox-reset test test-unit test-integration test-sandbox molecule drill lint sanity bench dist clean
 
 help:
 	@echo "make drill        set everything up and fire-drill every rollback type against the local sandbox"
@@ -17,6 +22,8 @@ help:
 	@echo "make sandbox-up   build (cached) and start the local platform; make sandbox-down stops it"
 	@echo "make bench        benchmarks (print tables)"
 	@echo "make dist         build the collection artifact into build/dist/"
+	@echo "make release      build it, then galaxy-importer, sanity on the installed copy, ansible-builder create, docs"
+	@echo "make docs         the docs site (antsibull-docs + Sphinx) into docs/site/build/html"
 
 $(BIN)/.stamp: requirements.txt requirements-test.txt constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +32,14 @@ $(BIN)/.stamp: requirements.txt requirements-test.txt constraints.txt
 	touch $@
 
 venv: $(BIN)/.stamp
+
+$(RVENV)/bin/.stamp: requirements-release.txt constraints-release.txt
+	test -x $(RVENV)/bin/python || $(PY) -m venv $(RVENV)
+	$(RVENV)/bin/python -m pip install -q --upgrade pip
+	$(RVENV)/bin/python -m pip install -q -r requirements-release.txt -c constraints-release.txt
+	touch $@
+
+release-tools: $(RVENV)/bin/.stamp
 
 $(COLL_LINK):
 	mkdir -p $(dir $(COLL_LINK))
@@ -64,9 +79,20 @@ test: collection sandbox-up
 drill: sandbox-reset
 	$(BIN)/ansible-playbook playbooks/drill.yml
 
-lint: collection
+lint: collection docs-lint
 	$(BIN)/ansible-lint
 	sandbox/sanity.sh
+
+docs-lint: collection release-tools
+	PATH=$(RELEASE_PATH) ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections \
+		antsibull-docs lint-collection-docs --plugin-docs $(COLL_LINK)
+	PATH=$(RELEASE_PATH) antsibull-changelog lint
+
+docs: collection release-tools
+	PATH=$(RELEASE_PATH) ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections docs/site/build.sh
+
+release: dist release-tools docs
+	PATH=$(RELEASE_PATH) hacking/release_check.sh $(ARTIFACT)
 
 sanity: lint
 
@@ -77,4 +103,4 @@ bench: sandbox-up
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build .pytest_cache docs/site/rst docs/site/build

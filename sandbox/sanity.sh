@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ansible-test needs the collection at ansible_collections/governed/rollback/: copy the tracked
 # (and new, not ignored) files there and run sanity with no ignore file.
+# SANITY_SOURCE=<dir>: test that directory instead (an installed copy of the collection: make release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -9,7 +10,11 @@ WORK=$(mktemp -d "$ROOT/build/sanity.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 DEST=$WORK/ansible_collections/governed/rollback
 mkdir -p "$DEST"
-git ls-files -co --exclude-standard -z | grep -zv '^sandbox/tools/' | xargs -0 cp --parents -t "$DEST" 2>/dev/null || true
+if [ -n "${SANITY_SOURCE:-}" ]; then
+    cp -r "$SANITY_SOURCE"/. "$DEST"/
+else
+    git ls-files -co --exclude-standard -z | grep -zv '^sandbox/tools/' | xargs -0 cp --parents -t "$DEST" 2>/dev/null || true
+fi
 # ansible-test downloads a get-pip script from a host outside the package registries; seed its cache.
 PIPV=$(sed -n "s/.*pip_version=['\"]\([0-9.]*\)['\"].*/\1/p" "$ROOT"/.venv/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py | head -1)
 PIPV=${PIPV:-24.2}

@@ -85,3 +85,67 @@ def test_the_artifact_installs_and_runs_by_fqcn_outside_the_checkout(artifact, t
         done = subprocess.run(["ansible-playbook", "--syntax-check", playbook], cwd=str(work), env=env,
                               capture_output=True, text=True, check=False)
         assert done.returncode == 0, (playbook, done.stdout + done.stderr)
+
+
+def _readme_install_commands():
+    """The shell commands of the README's "Install and run it as a user" block, in order."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    section = text.split("## Install and run it as a user", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_the_readme_install_commands_run_as_written(artifact, tmp_path, kubectl):
+    """The README's install section, typed as written by a user in their own directory, against the sandbox: install
+    the artifact, its Python requirements, then roll back by FQCN, verify the ledger and read a module's docs."""
+    import glob
+    import shutil
+
+    import yaml
+
+    from tests.integration._playbook import IMAGES, frontend_with_history, new_namespace, template_image
+    from tests.sandbox_fixtures import get
+
+    commands = _readme_install_commands()
+    galaxy = [c for c in commands if c == "ansible-galaxy collection install governed.rollback"]
+    assert len(galaxy) == 1  # from a Galaxy server, which this machine has not: the artifact line stands in for it
+    commands.remove(galaxy[0])
+    assert any(c.startswith("ansible-playbook governed.rollback.rollback_deploy") for c in commands)
+
+    user = tmp_path / "user"
+    (user / "build" / "dist").mkdir(parents=True)
+    shutil.copy(artifact, str(user / "build" / "dist"))
+    assert [c for c in commands if "build/dist/" in c] == \
+        ["ansible-galaxy collection install build/dist/%s" % os.path.basename(artifact)]
+
+    # The user's inventory: the sandbox's variables, a throwaway workload, evidence and ledger in the user's space.
+    namespace = new_namespace(kubectl, prefix="readme")
+    try:
+        frontend_with_history(kubectl, namespace)
+        inventory_vars = {}
+        for path in sorted(glob.glob(os.path.join(ROOT, "inventories", "sandbox", "group_vars", "all", "*.yml"))):
+            with open(path, encoding="utf-8") as handle:
+                inventory_vars.update(yaml.safe_load(handle) or {})
+        inventory_vars.update({"rollback_namespace": namespace, "deployment": "frontend",
+                               "evidence_dir": str(user / "evidence"),
+                               "receipt_ledger": str(user / "evidence" / "ledger.jsonl")})
+        (user / "inventory.yml").write_text(yaml.safe_dump({"all": {
+            "hosts": {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}},
+            "vars": inventory_vars}}))
+        env = {"PATH": BIN + os.pathsep + os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8",
+               "GOVERNED_ROLLBACK_HOME": ROOT, "ANSIBLE_NOCOLOR": "1"}
+        for command in commands:
+            done = subprocess.run(["bash", "-c", command], cwd=str(user), env=env, capture_output=True, text=True,
+                                  check=False)
+            assert done.returncode == 0, (command, done.stdout[-3000:], done.stderr[-3000:])
+            if command.startswith("ansible-doc"):
+                assert "rollout_undo" in done.stdout and "to_revision" in done.stdout
+        installed = tmp_path / ".ansible" / "collections" / "ansible_collections" / "governed" / "rollback"
+        assert (installed / "MANIFEST.json").is_file()
+        assert template_image(get(kubectl, "deployment", namespace, "frontend")) == IMAGES[1]
+        with open(str(user / "evidence" / "ledger.jsonl"), encoding="utf-8") as handle:
+            entries = [json.loads(line) for line in handle if line.strip()]
+        assert [e["receipt"]["outcome"] for e in entries] == ["succeeded"]
+    finally:
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
