@@ -330,7 +330,9 @@ approval_facts:
   type: dict
 receipt_fields:
   description: The receipt's database fields - C(component), C(migration_reverted), C(from_version), C(to_version),
-    C(backup_location), C(data_loss) (C(none), C(unknown) or what is lost), and C(outcome=failed) when the task failed.
+    C(backup_location), C(data_loss) (C(none), C(unknown) or what is lost), C(current_ref) and C(rollback_target_ref)
+    (C(sha256:) + the schema digest before, and after the downgrade or its rehearsal), and C(outcome=failed) when the
+    task failed.
   returned: always
   type: dict
 refused:
@@ -879,6 +881,14 @@ class Downgrade(object):
     def update_receipt(self, entries, lossy):
         self.result["receipt_fields"] = mig.receipt_fields(self.component(), self.plan, self.result.get("backup_location"),
                                                            lossy, entries)
+        self.update_refs()
+
+    def update_refs(self):
+        """A schema is named by its catalog digest: current_ref before, rollback_target_ref after the downgrade (or
+        after its rehearsal, in check mode)."""
+        fields = self.result.setdefault("receipt_fields", {})
+        for key, digest in (("current_ref", "schema_sha256_before"), ("rollback_target_ref", "schema_sha256_after")):
+            fields[key] = ("sha256:" + self.result[digest]) if self.result.get(digest) else None
 
     def component(self):
         return "database %s" % (self.params.get("db") or os.environ.get("PGDATABASE") or "(default)")
@@ -1153,6 +1163,7 @@ class Downgrade(object):
             result["would_refuse"] = would_refuse
             result["changed"] = True
             result["schema_sha256_after"] = mig.schema_digest(snapshot_rehearsed)
+            self.update_refs()
             recorded, when = self.read_baseline()
             result["drift_baseline"] = when
             result["schema_drift"] = mig.schema_diff(recorded, snapshot_rehearsed) if recorded is not None else []
@@ -1169,6 +1180,7 @@ class Downgrade(object):
         result["non_transactional"] = ran
         result["changed"] = True
         result["schema_sha256_after"] = mig.schema_digest(snapshot_after)
+        self.update_refs()
         self.diff(snapshot_before, snapshot_after)
 
     def read_baseline(self):

@@ -249,6 +249,10 @@ def test_check_mode_plans_rehearses_and_changes_nothing(pg, scratch, downgrade, 
     assert result["approval_facts"] == {"data_loss": True, "non_transactional": False}
     assert "accept_data_loss" in result["would_refuse"][0]
     assert result["binding"] == {"schema_version": SANDBOX_VERSIONS[2], "schema_sha256": result["schema_sha256_before"]}
+    # the plan names both schemas by digest: now, and the one the rehearsal produced
+    assert result["receipt_fields"]["current_ref"] == "sha256:" + result["schema_sha256_before"]
+    assert result["receipt_fields"]["rollback_target_ref"] == "sha256:" + result["schema_sha256_after"]
+    assert result["schema_sha256_after"] != result["schema_sha256_before"]
     assert "table public.pii_access_tracking" in result["diff"]["before"]
     assert "table public.pii_access_tracking" not in result["diff"]["after"]
     assert result["backup_location"] is None and listing(backups) == []
@@ -277,7 +281,9 @@ def test_data_loss_refused_then_accepted_then_idempotent(pg, scratch, downgrade,
     assert result["receipt_fields"] == {
         "component": "database %s" % db, "migration_reverted": SANDBOX_VERSIONS[2], "from_version": SANDBOX_VERSIONS[2],
         "to_version": SANDBOX_VERSIONS[1], "backup_location": result["backup_location"],
-        "data_loss": "table public.pii_access_tracking (2 rows)"}
+        "data_loss": "table public.pii_access_tracking (2 rows)",
+        "current_ref": "sha256:" + result["schema_sha256_before"],
+        "rollback_target_ref": "sha256:" + result["schema_sha256_after"]}
     assert result["schema_sha256_after"] != result["schema_sha256_before"]
     assert execute(pg, db, "SELECT version FROM schema_migrations ORDER BY 1") == [(v,) for v in SANDBOX_VERSIONS[:2]]
     assert execute(pg, db, "SELECT to_regclass('pii_access_tracking')") == [(None,)]
