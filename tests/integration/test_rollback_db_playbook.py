@@ -317,6 +317,36 @@ def test_restore_of_an_unreadable_backup_changes_nothing(incident):
     assert incident.receipt()["outcome"] == "failed"
 
 
+def test_restore_of_a_directory_format_backup_checks_its_digest_first(incident, pg):
+    """The module's directory-format backups (backup_format=directory) restore too, and the expected digest is the
+    one the module records for a directory: a wrong one stops the restore before anything changes."""
+    import hashlib
+
+    backup = os.path.join(incident.workdir, "backup.dir")
+    subprocess.run([os.path.join(pg["bindir"], "pg_dump"), "-Fd", "-j", "2", "-f", backup, "-h", pg["socket"], "-p",
+                    str(pg["port"]), "-U", "postgres", incident.db], check=True)
+    lines = []
+    for name in sorted(os.listdir(backup)):
+        with open(os.path.join(backup, name), "rb") as handle:
+            lines.append("%s  %s\n" % (hashlib.sha256(handle.read()).hexdigest(), name))
+    digest = hashlib.sha256("".join(lines).encode()).hexdigest()
+    execute(pg, incident.db, "INSERT INTO datasets (name, pii_level, owner) VALUES ('late_dir', 'low', 'x')")
+    before = incident.fingerprint()
+
+    run = incident.run(playbook=RESTORE, backup=backup, backup_sha256="0" * 64, app_deployment="")
+    assert run.status == "failed"
+    assert "backup %s has sha256 %s, expected %s; nothing was changed" % (backup, digest, "0" * 64) in \
+        " ".join(run.stdout.split())
+    assert incident.fingerprint() == before and databases(pg, incident.db + "_") == []
+
+    run = incident.run(playbook=RESTORE, backup=backup, backup_sha256=digest, app_deployment="")
+    assert run.status == "successful", run.explain()
+    assert "late_dir" not in [row[0] for row in execute(pg, incident.db, "SELECT name FROM datasets")]
+    receipts = incident.receipts()
+    assert [r["outcome"] for r in receipts] == ["failed", "succeeded"]
+    assert receipts[1]["details"]["kept_database"].startswith(incident.db + "_pre_restore_")
+
+
 def test_check_mode_plans_both_playbooks_and_changes_nothing(incident, pg):
     backup = os.path.join(incident.workdir, "backup.dump")
     subprocess.run([os.path.join(pg["bindir"], "pg_dump"), "-Fc", "-f", backup, "-h", pg["socket"], "-p",
