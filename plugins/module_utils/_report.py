@@ -871,8 +871,8 @@ def render_overview(entries, now=None, zone=DEFAULT_ZONE, ledger=None, reports=(
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            "<title>Rollback ledger overview</title><style>%s</style></head><body><main>" % CSS,
            "<header><h1>Rollback ledger overview</h1>",
-           '<p class="muted">Ledger <span class="mono">%s</span>; %d entries; rendered %s.</p>' % (
-               esc(ledger or "not named"), len(rows), esc(stamp(now) if now else "")),
+           '<p class="muted">Ledger <span class="mono">%s</span>; %d entries.</p>' % (
+               esc(ledger or "not named"), len(rows)),
            '<div class="facts">%s</div></header>' % "".join(_fact(k, v) for k, v in sorted(counts.items()))]
     out.append('<section id="emergencies"><h2>Emergency overrides: retroactive approvals due</h2>')
     if emergencies:
