@@ -198,8 +198,10 @@ def build_timeline(receipt, pack=None, zone=DEFAULT_ZONE, recorded_at=None):
     seconds = _number(details.get("rollout_seconds"))
     patched = parse_stamp(before.get("finished_at"))
     if seconds is not None and patched is not None:
+        after = phases.get("after") or {}
         add(stamp(patched + datetime.timedelta(seconds=seconds)),
-            "Rollout complete (%s s after the change)" % _fmt_number(round(seconds, 1)))
+            ("Rollout complete (%s s after the change)" if after.get("started_at")
+             else "Rollout wait ended without completing (%s s after the change)") % _fmt_number(round(seconds, 1)))
     after = phases.get("after") or {}
     add(after.get("started_at"), "Verification checklist passed; capture of the state after the change started")
     add(after.get("finished_at"), "Evidence after captured; pack sealed")

@@ -431,3 +431,12 @@ def test_deliver_gives_up_on_a_client_error_and_after_the_last_retry():
 def test_endpoint_label_hides_the_path_and_credentials():
     assert rf.endpoint_label("https://user:pw@hooks.example.com:8443/services/T000/B000/XXXX") == \
         "https://hooks.example.com:8443"
+
+
+def test_a_rollout_that_never_completed_is_not_called_complete():
+    rec = receipt(outcome="failed", failure={"task": "Roll back and wait for the rollout", "message": "timeout"})
+    rec["details"]["rollout_seconds"] = 15.0
+    model, _page = render(rec, pack(failed=True))
+    events = [t["event"] for t in model["timeline"]]
+    assert "Rollout wait ended without completing (15 s after the change)" in events
+    assert not [e for e in events if e.startswith("Rollout complete")]
