@@ -139,22 +139,23 @@ def render_for(evidence_dir, ledger, rollback_id, zone, next_update_minutes=30, 
     return model, page, sidecar(rollback_id, page, entry)
 
 
-def existing(evidence_dir, rollback_id):
+def existing(evidence_dir, rollback_id, directory=None):
     """(report bytes, sidecar bytes) on disk, None where absent."""
-    directory = pack_dir(evidence_dir, rollback_id)
+    directory = directory or pack_dir(evidence_dir, rollback_id)
     return (read_bytes(os.path.join(directory, _report.REPORT_NAME)),
             read_bytes(os.path.join(directory, _report.SIDECAR_NAME)))
 
 
-def write_report(evidence_dir, rollback_id, page, side):
-    """Write report.html then its sidecar (atomically each); returns (changed, report path, sidecar path)."""
-    directory = pack_dir(evidence_dir, rollback_id)
+def write_report(evidence_dir, rollback_id, page, side, directory=None):
+    """Write report.html then its sidecar (atomically each) into the pack (or ``directory``); returns (changed,
+    report path, sidecar path)."""
+    directory = directory or pack_dir(evidence_dir, rollback_id)
     if not os.path.isdir(directory):
         os.makedirs(directory, 0o750)
     report_path = os.path.join(directory, _report.REPORT_NAME)
     sidecar_path = os.path.join(directory, _report.SIDECAR_NAME)
     data, side_data = page.encode("utf-8"), pretty_json(side).encode("utf-8")
-    old_page, old_side = existing(evidence_dir, rollback_id)
+    old_page, old_side = existing(evidence_dir, rollback_id, directory)
     changed = False
     if old_page != data:
         atomic_write_bytes(report_path, data)
@@ -165,18 +166,19 @@ def write_report(evidence_dir, rollback_id, page, side):
     return changed, report_path, sidecar_path
 
 
-def verify_report(evidence_dir, rollback_id, page, side):
+def verify_report(evidence_dir, rollback_id, page, side, directory=None):
     """Problems (list of str) of the report on disk against its regeneration; empty when it verifies."""
-    old_page, old_side = existing(evidence_dir, rollback_id)
+    directory = directory or pack_dir(evidence_dir, rollback_id)
+    old_page, old_side = existing(evidence_dir, rollback_id, directory)
     problems = []
     if old_page is None:
-        problems.append("%s has no %s" % (pack_dir(evidence_dir, rollback_id), _report.REPORT_NAME))
+        problems.append("%s has no %s" % (directory, _report.REPORT_NAME))
     elif old_page != page.encode("utf-8"):
         problems.append("%s differs from its regeneration from the ledger and the pack (sha256 %s on disk, %s "
                         "regenerated): it was edited or the pack changed" % (
                             _report.REPORT_NAME, sha256_hex(old_page), side["report_sha256"]))
     if old_side is None:
-        problems.append("%s has no %s" % (pack_dir(evidence_dir, rollback_id), _report.SIDECAR_NAME))
+        problems.append("%s has no %s" % (directory, _report.SIDECAR_NAME))
     else:
         try:
             recorded = json.loads(old_side.decode("utf-8"))

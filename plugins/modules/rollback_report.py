@@ -85,6 +85,12 @@ options:
     type: list
     elements: str
     default: []
+  report_dir:
+    description:
+      - Where C(report.html) and C(report.json) go instead of the evidence pack.
+      - Without it, a rollback that has no evidence pack (a denial stops before any capture, and a denied run writes
+        nothing but its receipt) gets no page written; its actions are still returned (and notified).
+    type: path
   overview_path:
     description: Where O(state=overview) writes the page. Defaults to C(ledger-report.html) beside the ledger.
     type: path
@@ -157,7 +163,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 report_path:
-  description: Path of C(report.html) (or of the overview page with O(state=overview)).
+  description:
+    - Path of C(report.html) (or of the overview page with O(state=overview)); null when no page was written because
+      the rollback has no evidence pack and O(report_dir) was not given.
   returned: always
   type: str
   sample: /var/lib/governed-rollback/evidence/rollback-20240115-103045-1a2b3c/report.html
@@ -197,6 +205,10 @@ actions:
       receipt_sha256, ledger_seq), policy-safe, for C(set_stats) and the webhook.
   returned: state=present or state=verify
   type: dict
+skipped_reason:
+  description: Why no page was written (the rollback has no evidence pack and O(report_dir) was not given).
+  returned: when no page was written
+  type: str
 notification:
   description:
     - The webhook delivery (sent, status, attempts, errors, endpoint as scheme and host only), or C(sent=false) with
@@ -231,6 +243,7 @@ def argument_spec():
         zone=dict(type="str", default=_report.DEFAULT_ZONE),
         next_update_minutes=dict(type="int", default=30),
         restricted_names=dict(type="list", elements="str", default=[], no_log=False),
+        report_dir=dict(type="path"),
         overview_path=dict(type="path"),
         notify=dict(type="str", choices=["auto", "always", "never"], default="auto"),
         webhook_url=dict(type="str", no_log=True, fallback=(env_fallback, ["GOVERNED_ROLLBACK_WEBHOOK_URL"])),
@@ -299,28 +312,38 @@ def run(module):
             module.fail_json(msg="%s is required with state=%s" % (name, state))
     model, page, side = files.render_for(params["evidence_dir"], params["ledger"], params["rollback_id"],
                                          params["zone"], params["next_update_minutes"], params["restricted_names"])
-    directory = files.pack_dir(params["evidence_dir"], params["rollback_id"])
-    result = {"report_path": os.path.join(directory, _report.REPORT_NAME),
-              "sidecar_path": os.path.join(directory, _report.SIDECAR_NAME),
+    directory = params["report_dir"] or files.pack_dir(params["evidence_dir"], params["rollback_id"])
+    if not params["report_dir"] and not os.path.isdir(directory):
+        directory = None  # no evidence pack: a denied run leaves nothing but its receipt
+    result = {"report_path": os.path.join(directory, _report.REPORT_NAME) if directory else None,
+              "sidecar_path": os.path.join(directory, _report.SIDECAR_NAME) if directory else None,
               "report_sha256": side["report_sha256"], "sidecar": side, "ledger_seq": side["ledger_seq"],
               "receipt_sha256": side["receipt_sha256"], "actions": model["actions"], "changed": False}
     if state == "verify":
-        problems = files.verify_report(params["evidence_dir"], params["rollback_id"], page, side)
+        problems = files.verify_report(params["evidence_dir"], params["rollback_id"], page, side, directory) \
+            if directory else ["%s has no evidence pack; give report_dir where its report was written"
+                               % params["rollback_id"]]
         result.update(verified=not problems, problems=problems)
         if problems:
             module.fail_json(msg="the report of %s does not verify: %s" % (params["rollback_id"], "; ".join(problems)),
                              **result)
         module.exit_json(**result)
-    old_page, old_side = files.existing(params["evidence_dir"], params["rollback_id"])
-    changed = old_page != page.encode("utf-8") or old_side != pretty_json(side).encode("utf-8")
-    if changed and not module.check_mode:
-        files.write_report(params["evidence_dir"], params["rollback_id"], page, side)
+    changed = False
+    if directory:
+        old_page, old_side = files.existing(params["evidence_dir"], params["rollback_id"], directory)
+        changed = old_page != page.encode("utf-8") or old_side != pretty_json(side).encode("utf-8")
+        if changed and not module.check_mode:
+            files.write_report(params["evidence_dir"], params["rollback_id"], page, side, directory)
+        if module._diff and changed:
+            result["diff"] = {"before": old_side.decode("utf-8", "replace") if old_side else "",
+                              "after": pretty_json(side), "before_header": result["sidecar_path"] + " (before)",
+                              "after_header": result["sidecar_path"]}
+    else:
+        result["skipped_reason"] = ("%s has no evidence pack (nothing was captured), so no page was written; give "
+                                    "report_dir to write one elsewhere" % params["rollback_id"])
     result["changed"] = changed
-    if module._diff and changed:
-        result["diff"] = {"before": old_side.decode("utf-8", "replace") if old_side else "",
-                          "after": pretty_json(side), "before_header": result["sidecar_path"] + " (before)",
-                          "after_header": result["sidecar_path"]}
-    wanted = params["notify"] == "always" or (params["notify"] == "auto" and changed)
+    # Without a page there is no earlier state to compare, so auto notifies.
+    wanted = params["notify"] == "always" or (params["notify"] == "auto" and (changed or not directory))
     if module.check_mode or not wanted:
         result["notification"] = {"sent": False, "skipped": "check mode" if module.check_mode else
                                   "notify=%s and the report was %s" % (params["notify"],

@@ -333,3 +333,28 @@ def test_a_failing_webhook_never_changes_the_outcome_and_is_reported(kubectl, na
     summary = run.task_result("Summary")["msg"]
     assert any("notification: FAILED after 4 attempts: attempt 4: HTTP 503" in line for line in summary), summary
     assert "T0KENPATH" not in run.stdout
+
+
+def test_denied_rollback_leaves_its_pack_empty_publishes_its_actions_and_gets_a_page_on_request(
+        kubectl, namespace, chromium, tmp_path):
+    pb.frontend_with_history(kubectl, namespace)
+
+    run, evidence_dir, ledger = run_rollback(tmp_path, namespace, target_rev=1, approvals=[],
+                                             rollback_id="rollback-report-denied")
+
+    assert run.status == "failed"
+    assert not os.path.exists(evidence_dir) or os.listdir(evidence_dir) == []  # a denial writes only its receipt
+    stats = run.artifact_data["governed_rollback"]
+    assert stats["outcome"] == "denied" and stats["report"] == ""
+    actions = stats["post_rollback"]
+    assert "not approved; nothing was changed" in actions["incident_update"]
+    assert "approvals" in [f["id"] for f in actions["follow_ups"]]
+
+    pages = str(tmp_path / "denied-report")
+    report = pb.run_playbook(tmp_path / "report", {"rollback_id": "rollback-report-denied", "evidence_dir": evidence_dir,
+                                                   "receipt_ledger": ledger, "report_dir": pages},
+                             playbook="playbooks/report.yml")
+    assert report.status == "successful", report.explain()
+    text, _tags, _dom = dom_text(chromium, tmp_path, os.path.join(pages, "report.html"))
+    assert "DENIED" in text and "Stopped at: approval" in text and "engineering_lead" in text
+    assert "No evidence files were captured for this rollback." in text
