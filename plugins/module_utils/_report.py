@@ -477,8 +477,8 @@ _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri '
 
 
 def _badge(value, extra=""):
-    return '<span class="badge %s%s">%s</span>' % (verdict_class(value), extra, esc(value if value is not None
-                                                                                     else "not recorded"))
+    text = value if value is not None else "not recorded"
+    return '<span class="badge %s%s">%s</span>' % (verdict_class(value), extra, esc(text))
 
 
 def _time_cells(value, zone):
@@ -545,8 +545,8 @@ def metric_chart(metric, marker=None, width=320, height=90):
     colour = {"pass": "#1a7f37", "fail": "#cf222e", "inconclusive": "#9a6700"}.get(result, "#0969da")
     parts = ['<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 %d %d" width="%d" height="%d" '
              'role="img" aria-label="%s">' % (width, height, width, height, esc("%s over time" % name)),
-             "<title>%s</title>" % esc("%s: %d measurements from %s to %s" % (name, len(points), stamp(start),
-                                                                             stamp(end))),
+             "<title>%s</title>" % esc("%s: %d measurements from %s to %s"
+                                       % (name, len(points), stamp(start), stamp(end))),
              '<rect x="%d" y="%d" width="%d" height="%d" fill="#f6f8fa" stroke="#d0d7de"/>'
              % (pad_left, pad_top, plot_w, plot_h),
              '<text x="%d" y="%d" font-size="10" text-anchor="end" fill="#57606a">%s</text>'
@@ -720,8 +720,8 @@ def _actions_section(model):
            '<h3>Follow-up checklist</h3><ul class="checklist">']
     for item in actions["follow_ups"]:
         due = item.get("due")
-        out.append("<li>%s%s</li>" % (esc(item["text"]), (' <span class="muted">due <span class="mono">%s</span>'
-                                                            '</span>' % esc(due)) if due else ""))
+        when = (' <span class="muted">due <span class="mono">%s</span></span>' % esc(due)) if due else ""
+        out.append("<li>%s%s</li>" % (esc(item["text"]), when))
     out.append("</ul>")
     if actions.get("postmortem_due"):
         out.append('<p><b>Postmortem due:</b> <span class="mono">%s</span> (%s)</p>' % (

@@ -212,7 +212,7 @@ def overview(ledger, evidence_dir, now, zone):
                           % "; ".join(_redact.describe_findings(findings)))
     rows, emergencies, counts = _report.overview_rows(entries, now)
     return page, {"entries": len(rows), "outcomes": counts,
-                  "retroactive_approvals_due": [e for e in emergencies]}
+                  "retroactive_approvals_due": list(emergencies)}
 
 
 # --------------------------------------------------------------------------- the webhook

@@ -104,7 +104,7 @@ options:
   webhook_url:
     description:
       - A generic webhook receiving the post-rollback actions as one JSON POST. Read from
-        E(GOVERNED_ROLLBACK_WEBHOOK_URL) when not given (an AWX custom credential injects it). Never printed: webhook
+        E(GOVERNED_ROLLBACK_WEBHOOK_URL) when not given (an AWX custom credential injects it). Never printed, because webhook
         paths often hold a token; results name only its scheme and host.
     type: str
   webhook_token:
@@ -287,8 +287,7 @@ def notify(module, actions, report):
 
 def run_overview(module):
     params = module.params
-    path = params["overview_path"] or os.path.join(os.path.dirname(params["ledger"]),
-                                                         _report.OVERVIEW_NAME)
+    path = params["overview_path"] or os.path.join(os.path.dirname(params["ledger"]), _report.OVERVIEW_NAME)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     page, summary = files.overview(params["ledger"], params["evidence_dir"], now, params["zone"])
     data = page.encode("utf-8")
@@ -345,9 +344,9 @@ def run(module):
     # Without a page there is no earlier state to compare, so auto notifies.
     wanted = params["notify"] == "always" or (params["notify"] == "auto" and (changed or not directory))
     if module.check_mode or not wanted:
-        result["notification"] = {"sent": False, "skipped": "check mode" if module.check_mode else
-                                  "notify=%s and the report was %s" % (params["notify"],
-                                                                       "changed" if changed else "unchanged")}
+        reason = "check mode" if module.check_mode else "notify=%s and the report was %s" % (
+            params["notify"], "changed" if changed else "unchanged")
+        result["notification"] = {"sent": False, "skipped": reason}
     else:
         result["notification"] = notify(module, model["actions"], {
             "path": result["report_path"], "sha256": side["report_sha256"]})
