@@ -23,7 +23,6 @@ import html
 import json
 import os
 import random
-import tempfile
 import time
 
 from ansible_collections.governed.rollback.plugins.module_utils import _redact, _report
@@ -31,7 +30,7 @@ from ansible_collections.governed.rollback.plugins.module_utils._common import R
 from ansible_collections.governed.rollback.plugins.module_utils._evidence import (
     MANIFEST_NAME, PHASES, validate_rollback_id,
 )
-from ansible_collections.governed.rollback.plugins.module_utils._receipt import find_entry, read_entries
+from ansible_collections.governed.rollback.plugins.module_utils._receipt import atomic_write, find_entry, read_entries
 
 SIDECAR_SCHEMA = "governed.rollback/report-sidecar/v1"
 
@@ -109,19 +108,8 @@ def read_bytes(path):
 
 
 def atomic_write_bytes(path, data):
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """The ledger's atomic, durable write (never through a symlink), readable by all: a report is for people."""
+    atomic_write(path, data, 0o644)
 
 
 def render_for(evidence_dir, ledger, rollback_id, zone, next_update_minutes=30, restricted_names=()):
