@@ -53,7 +53,7 @@ def make_pack(directory, files):
 
 def median(func, runs):
     times = []
-    for _ in range(runs):
+    for _run in range(runs):
         start = time.perf_counter()
         func()
         times.append(time.perf_counter() - start)

@@ -44,7 +44,7 @@ def browse(chromium, tmp_path, page, *flags):
     """Run headless Chromium once on a local file; returns its stdout."""
     profile = tmp_path / ("chromium-profile-%s" % secrets.token_hex(4))
     result = subprocess.run([chromium] + CHROMIUM_FLAGS + ["--user-data-dir=%s" % profile] + list(flags)
-                            + ["file://" + page], capture_output=True, text=True, timeout=120)
+                            + ["file://" + page], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -356,5 +356,6 @@ def test_denied_rollback_leaves_its_pack_empty_publishes_its_actions_and_gets_a_
                              playbook="playbooks/report.yml")
     assert report.status == "successful", report.explain()
     text, _tags, _dom = dom_text(chromium, tmp_path, os.path.join(pages, "report.html"))
-    assert "DENIED" in text and "Stopped at: approval" in text and "engineering_lead" in text
+    assert "DENIED" in text and "Stopped at: Check approval against the approval matrix" in text
+    assert "engineering_lead" in text
     assert "No evidence files were captured for this rollback." in text

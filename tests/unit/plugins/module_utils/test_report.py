@@ -1,6 +1,5 @@
 """The rollback report and the post-rollback actions, on plain receipts and pack manifests shaped like real ones."""
 
-import copy
 import datetime
 import html.parser
 import json
