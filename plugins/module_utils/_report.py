@@ -582,8 +582,9 @@ def _generic_items(items):
             rows.append((_scalar_text(item), ("html", _badge("unknown")), ""))
             continue
         name = item.get("name") or item.get("id") or item.get("endpoint") or item.get("query") or "check"
-        result = item.get("result", item.get("status", item.get("verdict")))
-        rest = dict((k, v) for k, v in item.items() if k not in ("name", "id", "result", "status", "verdict"))
+        used = [k for k in ("result", "verdict", "status") if k in item][:1]
+        result = item[used[0]] if used else None
+        rest = dict((k, v) for k, v in item.items() if k not in ["name", "id"] + used)
         rows.append((_scalar_text(name), ("html", _badge(result)), _scalar_text(rest)))
     return rows
 

@@ -245,6 +245,7 @@ def test_metrics_render_with_values_and_one_chart_each():
     assert 'code=~"5.."' in text
     assert [t for t, _a in tags].count("svg") == 1  # the latency metric has no measurements: no chart, no error
     assert "inconclusive" in text and "GET /v1/health" in text and "403/404 policy-safe" in text
+    assert "status=200" in text  # fields beyond name and result are shown, not dropped
     assert "errors after" in text and "Logs" in text
 
 
