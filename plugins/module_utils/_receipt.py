@@ -1595,3 +1595,27 @@ def receipt_summary(receipt, digest, seq):
         "ledger_seq": seq,
         "signed": receipt["signing"]["signed"],
     }
+
+
+def find_entry(ledger, rollback_id, keys=None):
+    """The ledger entry recording ``rollback_id`` (its own hash, receipt digest and, with ``keys``, signature
+    checked), or None when the ledger or the entry does not exist. For readers such as the rollback report."""
+    try:
+        fd = open_nofollow(ledger, os.O_RDONLY)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return _find_by_id(fd, os.fstat(fd).st_size, rollback_id, keys)
+    finally:
+        os.close(fd)
+
+
+def read_entries(ledger):
+    """Every entry of the ledger as parsed JSON, in order (no verification: state=verify does that)."""
+    data = _read_file(ledger, 1 << 40)
+    if not data:
+        return []
+    return [json.loads(line.decode("utf-8")) for line in data.split(b"\n") if line.strip()]
