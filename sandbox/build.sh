@@ -100,4 +100,6 @@ build etcd "$ETCD_BIN" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go_build_etcd
 build kwok "$KWOK_BIN" "sigs.k8s.io/kwok@$KWOK_VERSION" install_kwok
 build opa "$OPA_BIN" "github.com/open-policy-agent/opa@$OPA_VERSION" \
     go_install "$OPA_BIN" "github.com/open-policy-agent/opa@$OPA_VERSION"
+build prometheus "$PROMETHEUS_BIN" "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" \
+    go_install "$PROMETHEUS_BIN" "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
 echo "sandbox build: ready in $(( $(date +%s) - start ))s (cache: $CACHE, $(du -sh "$CACHE" 2>/dev/null | cut -f1))"
