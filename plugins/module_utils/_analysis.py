@@ -211,8 +211,8 @@ def analysis_phase(phases, count, failure_limit=0, inconclusive_limit=0, consecu
     if failed > failure_limit:
         return FAIL, "%d failed measurement(s), failure_limit %d" % (failed, failure_limit)
     if inconclusive > inconclusive_limit:
-        return INCONCLUSIVE, "%d inconclusive measurement(s), inconclusive_limit %d" % (inconclusive,
-                                                                                       inconclusive_limit)
+        return INCONCLUSIVE, "%d inconclusive measurement(s), inconclusive_limit %d" % (
+            inconclusive, inconclusive_limit)
     if consecutive > consecutive_error_limit:
         return INCONCLUSIVE, "%d consecutive measurement error(s), consecutive_error_limit %d" % (
             consecutive, consecutive_error_limit)

@@ -31,12 +31,12 @@ description:
     C(+ - * /), C(abs() min() max() isNaN()) - parsed and evaluated by a whitelist, never C(eval).
   - B(Contracts) - HTTP probes of O(contracts) with the expected status and JMESPath assertions on the JSON body
     (C(exists), C(not_exists), C(equals), C(matches) a regular expression, C(in) a list).
-  - B(Policy invariants) - every endpoint of O(policy_invariants.endpoints) is probed with its own request id, and
+  - B(Policy invariants) - every endpoint of C(endpoints) of O(policy_invariants) is probed with its own request id, and
     the PEP's decision log (JSON lines) must show a decision for each request - an endpoint answered without a
-    decision fails. O(policy_invariants.existence) probes a restricted and a missing resource - they must answer the
+    decision fails. Its C(existence) probes a restricted and a missing resource - they must answer the
     same status with the same body shape, C(error_code) and message (no existence leak, 403 vs 404).
-  - B(Logs clean) - error-level lines of the workload's JSON-lines log in the O(logs.window) after the rollback,
-    against the same window before O(since) - at most O(logs.max_ratio) times as many plus O(logs.max_increase).
+  - B(Logs clean) - error-level lines of the workload's JSON-lines log in the C(window) of O(logs) after the rollback,
+    against the same window before O(since) - at most C(max_ratio) times as many plus C(max_increase).
   - Every check is C(pass), C(fail) or C(inconclusive), with its values. The checklist fails closed - only pass
     counts, unless O(accept_inconclusive) is set. Raw answers (every Prometheus response, probe and decision found)
     go to O(raw_output) for the evidence pack.
@@ -164,13 +164,15 @@ attributes:
     support: none
   idempotent:
     support: full
-    details: Never changes anything; RV(changed) is always false.
+    details: Never changes anything; C(changed) is always false.
 notes:
   - The probes send requests to the endpoints (including C(POST) where configured); point them at read-only routes.
 seealso:
   - name: Argo Rollouts analysis
+    description: The AnalysisTemplate semantics the metric analysis follows.
     link: https://argo-rollouts.readthedocs.io/en/stable/features/analysis/
   - name: Prometheus HTTP API
+    description: The instant query API the metrics are read from.
     link: https://prometheus.io/docs/prometheus/latest/querying/api/
 """
 
@@ -337,9 +339,12 @@ def execute(params, now=None):
             handle.write("\n")
         result["raw_output"] = params["raw_output"]
     problems = ["%s %s" % (name, value) for name, value in sorted(results.items()) if value not in (an.PASS, NOT_RUN)]
-    result["msg"] = "verified: %s" % ", ".join("%s %s" % kv for kv in sorted(results.items())) if passed else \
-        "verification did not pass (%s)%s" % (", ".join(problems), "" if params["accept_inconclusive"] else
-                                               "; inconclusive fails closed unless accept_inconclusive is set")
+    if passed:
+        result["msg"] = "verified: %s" % ", ".join("%s %s" % kv for kv in sorted(results.items()))
+    else:
+        result["msg"] = "verification did not pass (%s)%s" % (
+            ", ".join(problems),
+            "" if params["accept_inconclusive"] else "; inconclusive fails closed unless accept_inconclusive is set")
     return result, None if passed else result["msg"]
 
 

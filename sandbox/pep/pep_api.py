@@ -63,21 +63,25 @@ allow if input.action == "health"
 allow if input.action == "evaluate"
 
 allow if {
-	input.action in {"read", "query"}
-	input.resource.pii_level == "none"
+\tinput.action in {"read", "query"}
+\tinput.resource.pii_level == "none"
 }
 
 allow if {
-	input.action in {"read", "query"}
-	input.resource.pii_level in {"low", "high"}
-	data.aureus.pii.allow
+\tinput.action in {"read", "query"}
+\tinput.resource.pii_level in {"low", "high"}
+\tdata.aureus.pii.allow
 }
 
 default policy_label := "public"
 
 policy_label := sprintf("pii:%s", [input.resource.pii_level]) if input.resource.pii_level in {"low", "high"}
 
-decision := {"allow": allow, "policy_label": policy_label, "pii": object.get(data, ["aureus", "pii", "decision"], null)}
+default pii_decision := null
+
+pii_decision := data.aureus.pii.decision
+
+decision := {"allow": allow, "policy_label": policy_label, "pii": pii_decision}
 """
 
 CATALOG = {  # the seeded aureus_metadata datasets: name -> (pii_level, owner, version)
