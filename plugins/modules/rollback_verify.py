@@ -216,7 +216,7 @@ passed:
   description: Whether the checklist passes (every check pass, or inconclusive with O(accept_inconclusive)).
   returned: always
   type: bool
-results:
+checks:
   description:
     - One result per check group - C(metrics), C(contracts), C(policy_invariants), C(logs) - each C(pass), C(fail),
       C(inconclusive) or C(not_run) (nothing configured).
@@ -323,24 +323,24 @@ def execute(params, now=None):
     timings["logs"] = round(time.monotonic() - mark, 3)
     timings["total"] = round(time.monotonic() - started, 3)
 
-    results = {
+    checks = {
         "metrics": an.overall([m["result"] for m in details["metrics"]]) or NOT_RUN,
         "contracts": an.overall([c["result"] for c in details["contracts"]]) or NOT_RUN,
         "policy_invariants": an.overall([p["result"] for p in details["policy_invariants"]]) or NOT_RUN,
         "logs": details["logs"]["result"] if details["logs"] else NOT_RUN,
     }
-    passed = an.checklist_passes([r for r in results.values() if r != NOT_RUN], params["accept_inconclusive"])
-    result = {"changed": False, "passed": passed, "results": results, "verification_details": details,
+    passed = an.checklist_passes([r for r in checks.values() if r != NOT_RUN], params["accept_inconclusive"])
+    result = {"changed": False, "passed": passed, "checks": checks, "verification_details": details,
               "timings": timings}
     if params.get("raw_output"):
-        raw.update(results=results, passed=passed)
+        raw.update(checks=checks, passed=passed)
         with open(params["raw_output"], "w") as handle:
             json.dump(raw, handle, indent=2, sort_keys=True, default=str)
             handle.write("\n")
         result["raw_output"] = params["raw_output"]
-    problems = ["%s %s" % (name, value) for name, value in sorted(results.items()) if value not in (an.PASS, NOT_RUN)]
+    problems = ["%s %s" % (name, value) for name, value in sorted(checks.items()) if value not in (an.PASS, NOT_RUN)]
     if passed:
-        result["msg"] = "verified: %s" % ", ".join("%s %s" % kv for kv in sorted(results.items()))
+        result["msg"] = "verified: %s" % ", ".join("%s %s" % kv for kv in sorted(checks.items()))
     else:
         result["msg"] = "verification did not pass (%s)%s" % (
             ", ".join(problems),

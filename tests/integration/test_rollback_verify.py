@@ -2,7 +2,8 @@
 
 The metric cases query the sandbox's Prometheus (which scrapes the PEP every 2 s): an empty result, NaN and a
 Prometheus that is down are inconclusive and fail the checklist closed unless accept_inconclusive is set. The policy
-cases start their own PEP processes (sandbox/pep/pep_api.py, the same program, asking the sandbox's real OPA), one
+cases start their own PEP processes (sandbox/pep/pep_api.py, the same program, asking the sandbox's real OPA, standing
+for a release that is not the incident's so only the switch under test differs), one
 with an endpoint that answers without a decision and one that leaks existence (403 with the dataset's name), on
 free ports with their own log files; the sandbox's own PEP is never changed.
 """
@@ -59,7 +60,8 @@ class OwnPep:
         with open(self.log, "w") as out:
             self.process = subprocess.Popen(
                 [python, PEP, "--port", str(self.port), "--metrics-port", str(self.metrics_port),
-                 "--opa-url", env["SANDBOX_OPA_URL"], "--kubeconfig", env["KUBECONFIG"], "--traffic-interval", "0"]
+                 "--opa-url", env["SANDBOX_OPA_URL"], "--kubeconfig", env["KUBECONFIG"], "--traffic-interval", "0",
+                 "--deployment", "no-such-release"]
                 + list(flags), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 30
         while True:
@@ -113,7 +115,7 @@ def test_a_healthy_metric_passes_with_its_values_and_baseline(tmp_path, prom):
                                        "raw_output": os.path.join(str(tmp_path), "raw.json")})
     assert not failed, result
     entry = result["verification_details"]["metrics"][0]
-    assert (result["passed"], result["results"]["metrics"], entry["result"]) == (True, "pass", "pass")
+    assert (result["passed"], result["checks"]["metrics"], entry["result"]) == (True, "pass", "pass")
     assert entry["baseline"] == 1.0 and entry["value"] == 1.0 and len(entry["measurements"]) == 2
     assert entry["condition"] == "success: result >= baseline"
     with open(os.path.join(str(tmp_path), "raw.json")) as handle:
@@ -131,14 +133,14 @@ def test_empty_result_is_inconclusive_and_fails_closed_unless_accepted(tmp_path,
     assert entry["measurements"][0]["phase"] == "inconclusive"
     assert "inconclusive fails closed" in result["msg"]
     failed, accepted = verify(tmp_path, {"prometheus_url": prom, "metrics": spec, "accept_inconclusive": True})
-    assert not failed and accepted["passed"] and accepted["results"]["metrics"] == "inconclusive"
+    assert not failed and accepted["passed"] and accepted["checks"]["metrics"] == "inconclusive"
 
 
 def test_nan_is_inconclusive_never_a_crash(tmp_path, prom):
     failed, result = verify(tmp_path, {"prometheus_url": prom, "metrics": [
         metric("nan", 'sum(pep_http_requests_total{handler="no-such-handler"} or vector(0)) / vector(0)',
                failure_condition="result > 0.5")]})
-    assert failed and result["results"]["metrics"] == "inconclusive"
+    assert failed and result["checks"]["metrics"] == "inconclusive"
     assert result["verification_details"]["metrics"][0]["measurements"][0]["value"] is None
 
 
@@ -157,7 +159,7 @@ def test_prometheus_down_is_inconclusive_and_fails_closed_unless_accepted(tmp_pa
 def test_a_metric_that_is_not_back_fails(tmp_path, prom):
     failed, result = verify(tmp_path, {"prometheus_url": prom, "metrics": [
         metric("scraped", 'sum(up{job="pep"})', success_condition="result == 0")]})
-    assert failed and result["results"]["metrics"] == "fail"
+    assert failed and result["checks"]["metrics"] == "fail"
     assert result["verification_details"]["metrics"][0]["value"] == 1.0
 
 
@@ -177,32 +179,30 @@ def test_contracts_assert_with_jmespath_on_the_pep(tmp_path, sandbox_env):
          "assertions": [{"path": "error_code", "equals": "NOT_FOUND"}, {"path": "rows", "not_exists": True}]},
         {"name": "wrong on purpose", "url": pep + "/api/v1/datasets/nope", "status": 200,
          "assertions": [{"path": "error_code", "equals": "OK"}]}]})
-    assert failed and result["results"]["contracts"] == "fail"
+    assert failed and result["checks"]["contracts"] == "fail"
     entries = result["verification_details"]["contracts"]
     assert [c["result"] for c in entries] == ["pass", "pass", "fail"]
     assert entries[2]["status"] == 404
     assert entries[2]["failed"] == ["status 404, expected 200", "error_code equals 'OK' (got 'NOT_FOUND')"]
 
 
-def test_every_endpoint_of_the_sandbox_pep_is_evaluated_and_restricted_looks_missing(tmp_path, sandbox_env):
+def test_every_endpoint_of_the_sandbox_pep_is_evaluated(tmp_path, sandbox_env):
     pep = sandbox_env["SANDBOX_PEP_URL"]
     failed, result = verify(tmp_path, {"policy_invariants": {
         "endpoints": [pep + "/health", pep + "/api/health", pep + "/api/v1/datasets/branch_metrics",
                       {"url": pep + "/api/policy/evaluate", "method": "POST",
                        "body": {"user": {"role": "analyst"}, "query": {"pii_level": "high"}}}],
-        "decision_log": sandbox_env["SANDBOX_PEP_LOG"],
-        "existence": {"restricted": {"url": pep + "/api/v1/datasets/credit_risk"},
-                      "missing": {"url": pep + "/api/v1/datasets/no_such_dataset"}}}})
+        "decision_log": sandbox_env["SANDBOX_PEP_LOG"]}})
     assert not failed, result
     entries = result["verification_details"]["policy_invariants"]
-    assert [e["result"] for e in entries] == ["pass"] * 5
-    assert all(len(e["decision_id"]) == 32 for e in entries[:4])
+    assert [e["result"] for e in entries] == ["pass"] * 4
+    assert all(len(e["decision_id"]) == 32 for e in entries)
 
 
 def test_an_endpoint_that_bypasses_evaluation_fails_the_invariant(tmp_path, own_pep):
     pep = own_pep("--bypass-path", "/api/query")
     failed, result = verify(tmp_path, {"policy_invariants": pep.invariants()})
-    assert failed and result["results"]["policy_invariants"] == "fail"
+    assert failed and result["checks"]["policy_invariants"] == "fail"
     by_endpoint = dict((e["endpoint"], e) for e in result["verification_details"]["policy_invariants"])
     assert by_endpoint[pep.url + "/api/query"]["result"] == "fail"
     assert by_endpoint[pep.url + "/api/query"]["decision_id"] is None
@@ -213,7 +213,7 @@ def test_an_endpoint_that_bypasses_evaluation_fails_the_invariant(tmp_path, own_
 def test_an_existence_leak_403_vs_404_fails_the_invariant(tmp_path, own_pep):
     pep = own_pep("--leak-existence")
     failed, result = verify(tmp_path, {"policy_invariants": pep.invariants()})
-    assert failed and result["results"]["policy_invariants"] == "fail"
+    assert failed and result["checks"]["policy_invariants"] == "fail"
     leak = result["verification_details"]["policy_invariants"][-1]
     assert leak["result"] == "fail" and "restricted answers 403, missing answers 404" in leak["reason"]
     honest = own_pep()
