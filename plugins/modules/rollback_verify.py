@@ -136,7 +136,7 @@ options:
   since:
     description:
       - When the rollback started (RFC 3339); the logs-clean comparison's "before" window ends there. Defaults to
-        now minus O(logs.window).
+        now minus the C(window) of O(logs).
     type: str
   accept_inconclusive:
     description:

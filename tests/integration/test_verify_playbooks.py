@@ -55,7 +55,7 @@ class World:
         deadline = time.time() + timeout
         while True:
             measured = self.measure(kind)
-            if all(r == result for name, (r, _) in measured.items() if names is None or name in names):
+            if all(r == result for name, (r, value) in measured.items() if names is None or name in names):
                 return measured
             assert time.time() < deadline, "metrics of %s never became %s: %s" % (kind, result, measured)
             time.sleep(2)
@@ -98,7 +98,7 @@ def test_a_rollback_to_a_release_that_is_also_slow_fails_verification_with_failu
     assert "Verification failed" in receipt["failure"]["message"]
     raw = os.path.join(world.evidence_dir, "rollback-verify-slow", "failure", "verification")
     assert os.path.isdir(raw), os.listdir(os.path.join(world.evidence_dir, "rollback-verify-slow"))
-    names = [os.path.join(d, f) for d, _, files in os.walk(raw) for f in files]
+    names = [os.path.join(d, f) for d, dirs, files in os.walk(raw) for f in files]
     with open([n for n in names if n.endswith(".json")][0]) as handle:
         assert json.load(handle)["metrics"][0]["measurements"][0]["answer"]["status"] == "success"
 
@@ -126,7 +126,7 @@ def test_the_deployment_rollback_brings_5xx_and_p95_back_with_the_values_in_the_
     assert all(p["decision_id"] for p in details["policy_invariants"][:-1])
     assert all(c["result"] == "pass" for c in details["contracts"])
     assert details["logs"]["result"] == "pass"
-    assert all(result == "pass" for result, _ in world.measure("deployment").values())
+    assert all(result == "pass" for result, value in world.measure("deployment").values())
     print("deployment playbook with measured verification: %.1fs" % elapsed)
 
 
