@@ -53,6 +53,10 @@ go_install() {  # $1 GOBIN, $2 module@version
     GOBIN="$1" go install -trimpath -ldflags "-s -w" "$2"
 }
 
+go_install_tags() {  # $1 build tags, $2 GOBIN, $3 module@version
+    GOBIN="$2" go install -trimpath -tags "$1" -ldflags "-s -w" "$3"
+}
+
 install_kwok() {  # the stage definitions ship in the module zip; keep a copy next to the binary
     go_install "$KWOK_BIN" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" || return 1
     local src; src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
@@ -100,4 +104,8 @@ build etcd "$ETCD_BIN" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go_build_etcd
 build kwok "$KWOK_BIN" "sigs.k8s.io/kwok@$KWOK_VERSION" install_kwok
 build opa "$OPA_BIN" "github.com/open-policy-agent/opa@$OPA_VERSION" \
     go_install "$OPA_BIN" "github.com/open-policy-agent/opa@$OPA_VERSION"
+# Prometheus for rollback_verify's metric analysis; the sandbox scrapes static targets only, so the service discovery
+# plugins (cloud SDKs, most of the build) are left out with the upstream build tag remove_all_sd.
+build prometheus "$PROMETHEUS_BIN" "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" \
+    go_install_tags remove_all_sd "$PROMETHEUS_BIN" "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
 echo "sandbox build: ready in $(( $(date +%s) - start ))s (cache: $CACHE, $(du -sh "$CACHE" 2>/dev/null | cut -f1))"

@@ -112,6 +112,9 @@ health_check() {
     # An env file from before the Guard existed has no SANDBOX_GUARD_URL: unhealthy, so up.sh restarts.
     curl -sf --cacert "$STATE/pki/ca.crt" "${SANDBOX_GUARD_URL:-https://127.0.0.1:1}/health" >/dev/null 2>&1 \
         || bad="$bad aureus-guard"
+    # The governed API (PEP) and Prometheus; an env file from before they existed is unhealthy, so up.sh restarts.
+    curl -sf "${SANDBOX_PEP_URL:-http://127.0.0.1:1}/health" >/dev/null 2>&1 || bad="$bad pep"
+    curl -sf "${SANDBOX_PROMETHEUS_URL:-http://127.0.0.1:1}/-/ready" >/dev/null 2>&1 || bad="$bad prometheus"
     if [ -n "$bad" ]; then
         [ -n "$quiet" ] && return 1
         for b in $bad; do

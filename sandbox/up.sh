@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start the local platform on loopback: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# KWOK (+ one fake node), PostgreSQL 15, a policy bundle server, OPA and AUREUS Guard; seed the runbooks' world;
+# KWOK (+ one fake node), PostgreSQL 15, a policy bundle server, OPA, AUREUS Guard, the governed API (PEP)
+# and Prometheus; seed the runbooks' world;
 # write .sandbox/env.
 # Idempotent: when everything is already up it only checks health.
 set -euo pipefail
@@ -184,6 +185,33 @@ start_component aureus-guard "$GUARD_PY" "$HERE/guard/guard_api.py" --port "$GUA
     --restore-item-delay "${SANDBOX_GUARD_RESTORE_DELAY:-0.25}"
 wait_for aureus-guard 30 curl -sf --cacert "$P/ca.crt" "https://127.0.0.1:$GUARD_PORT/health"
 
+# ---- The governed API (PEP, sandbox/pep/pep_api.py) and Prometheus -------------------------------------------
+# The PEP asks OPA for a decision on every request and follows the live release of aureus-frontend, the live
+# aureus-config and OPA's active bundle (see its docstring); Prometheus scrapes it (and OPA) every 2 s.
+PEP_PORT=$(free_port); PEP_METRICS_PORT=$(free_port); PROM_PORT=$(free_port)
+start_component pep "$GUARD_PY" "$HERE/pep/pep_api.py" --port "$PEP_PORT" --metrics-port "$PEP_METRICS_PORT" \
+    --opa-url "http://127.0.0.1:$OPA_PORT" --kubeconfig "$KUBECONFIG_PATH" \
+    --traffic-interval "${SANDBOX_PEP_TRAFFIC_INTERVAL:-0.1}"
+wait_for pep 30 curl -sf "http://127.0.0.1:$PEP_METRICS_PORT/metrics"
+mkdir -p "$STATE/prometheus"
+cat >"$STATE/prometheus/prometheus.yml" <<EOF
+global:
+  scrape_interval: 2s
+  scrape_timeout: 1s
+  evaluation_interval: 2s
+scrape_configs:
+  - job_name: pep
+    static_configs:
+      - targets: ["127.0.0.1:$PEP_METRICS_PORT"]
+  - job_name: opa
+    static_configs:
+      - targets: ["127.0.0.1:$OPA_PORT"]
+EOF
+start_component prometheus "$PROMETHEUS_BIN/prometheus" --config.file="$STATE/prometheus/prometheus.yml" \
+    --storage.tsdb.path="$STATE/prometheus/data" --storage.tsdb.retention.time=2d \
+    --web.listen-address="127.0.0.1:$PROM_PORT" --log.level=warn
+wait_for prometheus 60 curl -sf "http://127.0.0.1:$PROM_PORT/-/ready"
+
 PG_PASSWORD=$(cat "$STATE/pg-password")
 cat >"$STATE/env" <<EOF
 # Written by sandbox/up.sh; source it to talk to the sandbox.
@@ -233,6 +261,14 @@ cp "$KEYS/signing.key" "$KEYS/signing.pub" "$STATE/"
 cat >>"$STATE/env" <<EOF
 export GOVERNED_ROLLBACK_SIGNING_KEY_FILE=$STATE/signing.key
 export SANDBOX_SIGNING_PUBLIC_KEY=$STATE/signing.pub
+EOF
+
+cat >>"$STATE/env" <<EOF
+export SANDBOX_PEP_URL=http://127.0.0.1:$PEP_PORT
+export SANDBOX_PEP_METRICS_URL=http://127.0.0.1:$PEP_METRICS_PORT
+export SANDBOX_PEP_LOG=$STATE/logs/pep.log
+export SANDBOX_PEP_PYTHON=$GUARD_PY
+export SANDBOX_PROMETHEUS_URL=http://127.0.0.1:$PROM_PORT
 EOF
 
 "$HERE/seed.sh"

@@ -4,6 +4,8 @@ K8S_VERSION=${K8S_VERSION:-v1.33.13}
 ETCD_VERSION=${ETCD_VERSION:-v3.5.21}
 KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
 OPA_VERSION=${OPA_VERSION:-v1.22.2}
+# Prometheus scrapes the sandbox's governed API (the PEP) for rollback_verify's metric analysis.
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
 # Opt-in (sandbox/build.sh flyway): Flyway's command line from Maven Central, for tests that need a genuine
 # flyway_schema_history. 11.20.3 resolves from Maven Central alone (13.x does not; 12.x needs Jackson 3).
 FLYWAY_VERSION=${FLYWAY_VERSION:-11.20.3}
@@ -15,6 +17,7 @@ K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
 ETCD_BIN=$CACHE/etcd-$ETCD_VERSION/bin
 KWOK_BIN=$CACHE/kwok-$KWOK_VERSION/bin
 OPA_BIN=$CACHE/opa-$OPA_VERSION/bin
+PROMETHEUS_BIN=$CACHE/prometheus-$PROMETHEUS_VERSION/bin
 FLYWAY_LIB=$CACHE/flyway-$FLYWAY_VERSION/lib
 
 SANDBOX_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

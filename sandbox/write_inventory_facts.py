@@ -36,6 +36,10 @@ def main(state):
         "guard_url": env["SANDBOX_GUARD_URL"],
         "guard_ca_file": env["SANDBOX_GUARD_CA_FILE"],
         "guard_token_file": env["SANDBOX_GUARD_TOKEN_FILE"],
+        # The governed API (PEP) and Prometheus, for rollback_verify.
+        "pep_url": env.get("SANDBOX_PEP_URL", ""),
+        "pep_log": env.get("SANDBOX_PEP_LOG", ""),
+        "prometheus_url": env.get("SANDBOX_PROMETHEUS_URL", ""),
     }
     with open(state + "/sandbox.json", "w") as handle:
         json.dump(facts, handle, indent=2, sort_keys=True)

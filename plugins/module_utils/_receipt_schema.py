@@ -36,6 +36,44 @@ def _nullable(schema):
     return {"anyOf": [schema, {"type": "null"}]}
 
 
+_RESULT = {"enum": ["pass", "fail", "inconclusive"]}
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+# What rollback_verify measured (metric analysis, contracts, policy invariants, logs clean): the values behind the
+# pass/fail/inconclusive of the verification map.
+_VERIFICATION_DETAILS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "metrics": {"type": "array", "items": {
+            "type": "object",
+            "required": ["name", "query", "result", "baseline", "value", "measurements", "condition"],
+            "properties": {
+                "name": _NAME, "query": _TEXT, "result": _RESULT, "reason": _nullable(_TEXT),
+                "baseline": _NUMBER_OR_NULL, "value": _NUMBER_OR_NULL, "condition": {"type": "string"},
+                "measurements": {"type": "array", "items": {
+                    "type": "object", "required": ["at", "value"],
+                    "properties": {"at": {"type": "string"}, "value": _NUMBER_OR_NULL,
+                                   "phase": {"type": "string"}}}},
+            }}},
+        "contracts": {"type": "array", "items": {
+            "type": "object",
+            "required": ["name", "url", "status", "result", "failed"],
+            "properties": {"name": _NAME, "url": _TEXT, "status": {"type": "integer"}, "result": _RESULT,
+                           "failed": {"type": "array", "items": {"type": "string"}}}}},
+        "policy_invariants": {"type": "array", "items": {
+            "type": "object",
+            "required": ["endpoint", "result", "decision_id"],
+            "properties": {"endpoint": _TEXT, "result": _RESULT, "decision_id": _nullable(_NAME),
+                           "reason": _nullable(_TEXT)}}},
+        "logs": _nullable({
+            "type": "object",
+            "required": ["result", "errors_before", "errors_after"],
+            "properties": {"result": _RESULT, "errors_before": {"type": "integer", "minimum": 0},
+                           "errors_after": {"type": "integer", "minimum": 0}}}),
+    },
+}
+
+
 RECEIPT_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": PREDICATE_TYPE,
@@ -97,6 +135,7 @@ RECEIPT_SCHEMA = {
         "security_review": _nullable(_NAME),
         "affected_users": _nullable({"type": "integer", "minimum": 0}),
         "snapshot_id": _nullable(_NAME),
+        "verification_details": _nullable(_VERIFICATION_DETAILS),
         "failure": _nullable({
             "type": "object",
             "additionalProperties": False,

@@ -175,6 +175,13 @@ options:
   details:
     description: Free-form extra facts (names, counts, digests; never values of secrets).
     type: dict
+  verification_details:
+    description:
+      - The values behind O(verification) as M(governed.rollback.rollback_verify) returns them
+        (RV(governed.rollback.rollback_verify#module:verification_details)) - C(metrics) (name, query, result,
+        baseline, value, measurements, condition), C(contracts) (name, url, status, result, failed),
+        C(policy_invariants) (endpoint, result, decision_id) and C(logs) (result, errors_before, errors_after).
+    type: dict
   receipt_fields:
     description:
       - The type's receipt fields as an action module returns them (RV(governed.rollback.rollout_undo#module:receipt_fields)
@@ -499,7 +506,7 @@ RECEIPT_FIELDS = (
     "started_at", "completed_at", "environment", "reason", "current_ref", "rollback_target_ref", "changed_surfaces",
     "verification", "notes", "component", "from_version", "to_version", "config_type", "changed_keys",
     "migration_reverted", "backup_location", "data_loss", "downtime", "dba_approval", "policy_name",
-    "security_review", "affected_users", "snapshot_id", "failure", "details",
+    "security_review", "affected_users", "snapshot_id", "failure", "details", "verification_details",
 )
 STATS_KEY = "governed_rollback_receipts"
 VERIFY_RETURN = ("valid", "entries", "first_bad_entry", "bad_rollback_id", "message", "unsigned_entries",
@@ -519,6 +526,7 @@ def argument_spec():
         affected_users=dict(type="int"),
         failure=dict(type="dict"),
         details=dict(type="dict"),
+        verification_details=dict(type="dict"),
         receipt_fields=dict(type="dict"),
         approval=dict(type="dict"),
         evidence=dict(type="dict"),

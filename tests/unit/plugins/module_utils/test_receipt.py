@@ -628,3 +628,45 @@ def test_generated_rollback_ids_follow_the_runbook_and_never_collide_within_a_se
     ids = {new_rollback_id(moment) for attempt in range(200)}
     assert len(ids) == 200
     assert all(re.match(r"^rollback-20240115-103045-[0-9a-f]{6}$", i) for i in ids)
+
+
+VERIFICATION_DETAILS = {
+    "metrics": [{"name": "error_rate_5xx", "query": 'sum(rate(x{code=~"5.."}[6s])) / sum(rate(x[6s]))',
+                 "result": "pass", "reason": "3 measurement(s)", "baseline": 0.0, "value": 0.0,
+                 "measurements": [{"at": "2026-01-15T10:30:45.000000Z", "value": 0.0, "phase": "successful"},
+                                  {"at": "2026-01-15T10:30:47.000000Z", "value": None, "phase": "inconclusive"}],
+                 "condition": "success: result <= 0.01"}],
+    "contracts": [{"name": "error model", "url": "http://127.0.0.1/api/v1/datasets/x", "status": 404,
+                   "result": "pass", "failed": []}],
+    "policy_invariants": [{"endpoint": "http://127.0.0.1/health", "result": "pass", "decision_id": "a" * 32,
+                           "reason": "decision"},
+                          {"endpoint": "restricted vs missing", "result": "fail", "decision_id": None, "reason": "x"}],
+    "logs": {"result": "pass", "errors_before": 12, "errors_after": 0},
+}
+
+
+def test_verification_details_are_an_optional_receipt_field_with_their_shape(signer):
+    receipt = make_receipt(signer, verification_details=copy.deepcopy(VERIFICATION_DETAILS))
+    assert R.validate_receipt(receipt)["verification_details"]["metrics"][0]["baseline"] == 0.0
+    assert "verification_details" not in make_receipt(signer)
+    empty = make_receipt(signer, verification_details={"metrics": [], "contracts": [], "policy_invariants": [],
+                                                       "logs": None})
+    R.validate_receipt(empty)
+
+
+@pytest.mark.parametrize("path,value", [
+    (("metrics", 0, "result"), "passed"),
+    (("metrics", 0, "value"), "0.1"),
+    (("metrics", 0, "measurements", 0, "value"), "NaN"),
+    (("contracts", 0, "status"), "404"),
+    (("logs", "errors_after"), -1),
+    (("surprise",), {}),
+])
+def test_verification_details_out_of_shape_are_refused(signer, path, value):
+    details = copy.deepcopy(VERIFICATION_DETAILS)
+    target = details
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(R.ReceiptError, match="verification_details"):
+        R.validate_receipt(make_receipt(signer, verification_details=details))
