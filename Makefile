@@ -18,10 +18,11 @@ help:
 	@echo "make bench        benchmarks (print tables)"
 	@echo "make dist         build the collection artifact into build/dist/"
 
-$(BIN)/.stamp: requirements.txt requirements-test.txt constraints.txt
+$(BIN)/.stamp: requirements.txt requirements-test.txt requirements-nodeps.txt constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-test.txt -c constraints.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt -c constraints.txt
 	touch $@
 
 venv: $(BIN)/.stamp

@@ -112,6 +112,7 @@ health_check() {
     # An env file from before the Guard existed has no SANDBOX_GUARD_URL: unhealthy, so up.sh restarts.
     curl -sf --cacert "$STATE/pki/ca.crt" "${SANDBOX_GUARD_URL:-https://127.0.0.1:1}/health" >/dev/null 2>&1 \
         || bad="$bad aureus-guard"
+    curl -sf "${SANDBOX_S3_ENDPOINT_URL:-http://127.0.0.1:1}/healthz" >/dev/null 2>&1 || bad="$bad seaweedfs"
     if [ -n "$bad" ]; then
         [ -n "$quiet" ] && return 1
         for b in $bad; do

@@ -606,7 +606,20 @@ def build_receipt(fields, approval=None, evidence=None, signing_required=True, k
     for name in OPTIONAL_FIELDS:
         if derived.get(name) is not None:
             receipt[name] = derived[name]
+    storage = evidence_storage(evidence)
+    if storage is not None:
+        receipt["evidence_storage"] = storage
     return receipt
+
+
+def evidence_storage(evidence):
+    """The evidence pack's object-storage record (evidence_capture's evidence_storage), or None."""
+    if not isinstance(evidence, dict):
+        return None
+    for source in (evidence, evidence.get("evidence_manifest")):
+        if isinstance(source, dict) and isinstance(source.get("evidence_storage"), dict):
+            return copy.deepcopy(source["evidence_storage"])
+    return None
 
 
 # --------------------------------------------------------------------------- keys and DSSE
@@ -1253,7 +1266,7 @@ def read_envelopes(ledger):
     return found
 
 
-def verify_ledger(ledger, keys=None, witnesses=None, head_mirror=None, envelopes=True):
+def verify_ledger(ledger, keys=None, witnesses=None, head_mirror=None, envelopes=True, s3_heads=None):
     """Full verification over the files, read under a shared lock so a concurrent append is never half-seen.
 
     Beyond verify_ledger_bytes: every witness ({seq, sha256}, see normalize_witnesses), the head mirror (when given)
@@ -1282,6 +1295,8 @@ def verify_ledger(ledger, keys=None, witnesses=None, head_mirror=None, envelopes
             check_mirror(result, _read_file(head_mirror), keys, head_mirror)
         if envelopes:
             check_envelopes(result, read_envelopes(ledger), keys)
+        if s3_heads is not None:
+            s3_heads.check(result, keys)
     finally:
         if fd is not None:
             os.close(fd)
@@ -1415,12 +1430,14 @@ def _differing_fields(one, other):
 
 
 def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=False, now=None,
-                   envelope_path=None, head_mirror=None, verify="tail"):
+                   envelope_path=None, head_mirror=None, verify="tail", s3_heads=None):
     """Validate, sign and append one receipt under an exclusive lock; refuse a ledger that does not verify.
 
     verify="tail" (default) costs O(1) in the ledger's size: the signed head's signature, the tail entry it signs
     (canonical, hashes, schema, signature) and the head mirror; the entries before the tail are checked by full
     verification (state=verify), which verify="full" also runs before appending.
+    s3_heads (optional, _s3.S3Heads): locked copies of the signed head in object storage, checked like the head
+    mirror before the append and written after it.
     Idempotent per rollback_id: the same receipt again (differing at most in the times a rerun recomputes)
     returns the recorded entry unchanged (changed False); different content under a recorded rollback_id
     is refused, naming the fields that differ.
@@ -1465,6 +1482,8 @@ def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=F
                               "append would downgrade it; provide signing_key or signing_key_path" % ledger, state)
         if head_mirror:
             _check_mirror_for_append(head_mirror, state, keys)
+        if s3_heads is not None:
+            s3_heads.check_for_append(state, keys)
         if existing is not None:
             recorded, wanted = without_rerun_times(existing["receipt"]), without_rerun_times(receipt)
             if receipt_sha256(recorded) != receipt_sha256(wanted):
@@ -1492,6 +1511,8 @@ def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=F
         atomic_write(head_path(ledger), head)
         if head_mirror:
             _write_mirror(head_mirror, head, entry["seq"])
+        if s3_heads is not None:
+            s3_heads.put(head, entry["seq"])
         if signatures:
             _write_envelope_file(path, receipt_envelope(receipt, signatures))
         return _result(entry, True, path, ledger)
