@@ -50,6 +50,8 @@ from ansible_collections.governed.rollback.plugins.module_utils._receipt import 
     _check_mirror_for_append,
     _read_file,
     _write_envelope_file,
+    entry_result,
+    new_result,
     _write_mirror,
     receipt_envelope,
 )
@@ -58,6 +60,7 @@ DEFAULT_TABLE = "governed_rollback_ledger"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")
 APPLICATION = "governed.rollback.ledger"
 _URL = re.compile(r"^postgres(?:ql)?://", re.I)
+_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.I)
 
 
 def is_url(ledger):
@@ -69,11 +72,25 @@ def redact_url(url):
     if not is_url(url):
         return url
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0] + ":********"
-    return urlunsplit((parts.scheme, "%s@%s" % (userinfo, netloc[1]), parts.path, parts.query, parts.fragment))
+    netloc, query = parts.netloc, _QUERY_PASSWORD.sub(r"\1********", parts.query)
+    if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = "%s:********@%s" % (userinfo.split(":", 1)[0], host)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url):
+    """Every password a postgresql:// URL carries (in the user info or a password= parameter), as written and
+    decoded, for the caller to register for masking."""
+    if not is_url(url):
+        return []
+    found = []
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
+    if ":" in userinfo:
+        found.append(userinfo.split(":", 1)[1])
+    found.extend(m.group(1) for m in re.finditer(r"(?:^|&)password=([^&]*)", parts.query, re.I))
+    return sorted(set(v for value in found for v in (value, unquote(value)) if v))
 
 
 def parse_url(url):
@@ -99,7 +116,8 @@ def parse_url(url):
             params[name] = int(value) if key == "port" and value.isdigit() else value
         else:
             raise LedgerError("ledger URL %s: unknown parameter %s (known: table, host, port, user, dbname; pass the "
-                              "password as login_password or PGPASSWORD, not in the URL)" % (redact_url(url), key))
+                              "password as login_password or PGPASSWORD, not in the URL, and TLS settings as "
+                              "PGSSLMODE/PGSSLROOTCERT in the environment)" % (redact_url(url), key))
     return params, table, params["login_password"]
 
 
@@ -183,9 +201,7 @@ def entry_bytes(entry):
 
 def verify_rows(rows, head_checkpoint, keys=None):
     """verify_ledger_bytes over rows (iterable of COLUMNS tuples, ordered by seq) and the newest head's bytes."""
-    result = {"valid": False, "entries": 0, "first_bad_entry": None, "bad_rollback_id": None, "message": "",
-              "checkpoint": None, "unsigned_entries": [], "signatures_checked": bool(keys),
-              "last_entry_sha256": GENESIS, "index": {}, "digests": []}
+    result = new_result(keys)
     prev = GENESIS
     seq = 0
     for row in rows:
@@ -274,9 +290,7 @@ class PostgresLedger(object):
 
     def tail_state(self, cur, keys):
         """O(1) in the ledger's size: the newest head's signature and the tail entry it signs (as _receipt's)."""
-        result = {"valid": False, "entries": 0, "first_bad_entry": None, "bad_rollback_id": None, "message": "",
-                  "checkpoint": None, "unsigned_entries": [], "signatures_checked": bool(keys),
-                  "last_entry_sha256": GENESIS, "index": {}, "digests": None, "tail_only": True}
+        result = new_result(keys, digests=None, tail_only=True)
         head_bytes = self._head_bytes(cur)
         row = self._tail_row(cur)
         if row is None:
@@ -407,20 +421,7 @@ class PostgresLedger(object):
             return self._head_bytes(cur)
 
     def _result(self, entry, changed):
-        signed = bool(entry["signatures"])
-        return {
-            "changed": changed,
-            "rollback_id": entry["rollback_id"],
-            "receipt": entry["receipt"],
-            "receipt_sha256": entry["receipt_sha256"],
-            "ledger_seq": entry["seq"],
-            "entry_sha256": entry["entry_sha256"],
-            "signed": signed,
-            "keyid": entry["receipt"]["signing"]["keyid"],
-            "envelope": None,
-            "head": self.head_location(),
-        }
-
+        return entry_result(entry, changed, None, self.head_location())
 
 def _fetch_all(cur):
     while True:

@@ -860,9 +860,7 @@ def verify_ledger_bytes(data, head_bytes=None, keys=None):
     and schema are always checked). Returns {valid, entries, first_bad_entry, bad_rollback_id, message,
     checkpoint, unsigned_entries, signatures_checked, last_entry_sha256, index}.
     """
-    result = {"valid": False, "entries": 0, "first_bad_entry": None, "bad_rollback_id": None, "message": "",
-              "checkpoint": None, "unsigned_entries": [], "signatures_checked": bool(keys),
-              "last_entry_sha256": GENESIS, "index": {}, "digests": []}
+    result = new_result(keys)
     data = data or b""
     lines = data.split(b"\n")
     complete, tail = lines[:-1], lines[-1]
@@ -884,6 +882,15 @@ def verify_ledger_bytes(data, head_bytes=None, keys=None):
         return _bad(result, seq, None, "entry %d is incomplete (no trailing newline): a write was cut short; "
                                        "move the ledger aside and restore it from its last good copy" % seq)
     return _check_head(result, head_bytes, keys)
+
+
+def new_result(keys, **extra):
+    """A verification result before any entry was read (verify_ledger_bytes' keys)."""
+    result = {"valid": False, "entries": 0, "first_bad_entry": None, "bad_rollback_id": None, "message": "",
+              "checkpoint": None, "unsigned_entries": [], "signatures_checked": bool(keys),
+              "last_entry_sha256": GENESIS, "index": {}, "digests": []}
+    result.update(extra)
+    return result
 
 
 def _named(entry):
@@ -1348,9 +1355,7 @@ def tail_state(fd, head_bytes, keys):
     seq and hash are the head's (so no entry after the head's seq exists). Entries before the tail are only checked by
     full verification (state=verify). Returns the same keys verify_ledger_bytes does (index and digests empty).
     """
-    result = {"valid": False, "entries": 0, "first_bad_entry": None, "bad_rollback_id": None, "message": "",
-              "checkpoint": None, "unsigned_entries": [], "signatures_checked": bool(keys),
-              "last_entry_sha256": GENESIS, "index": {}, "digests": [], "tail_only": True}
+    result = new_result(keys, tail_only=True)
     length = os.fstat(fd).st_size
     if length == 0:
         return _check_head(result, head_bytes, keys)
@@ -1585,6 +1590,11 @@ def _plan(receipt, signer, seq, envelope_path, ledger):
 
 
 def _result(entry, changed, envelope_path, ledger):
+    return entry_result(entry, changed, envelope_path, head_path(ledger))
+
+
+def entry_result(entry, changed, envelope_path, head):
+    """append's return values for an entry (the module's): envelope only when signed, head where it is kept."""
     signed = bool(entry["signatures"])
     return {
         "changed": changed,
@@ -1596,7 +1606,7 @@ def _result(entry, changed, envelope_path, ledger):
         "signed": signed,
         "keyid": entry["receipt"]["signing"]["keyid"],
         "envelope": envelope_path if signed else None,
-        "head": head_path(ledger),
+        "head": head,
     }
 
 

@@ -241,6 +241,9 @@ options:
       - The evidence pack, a dict with C(archive), C(archive_sha256), C(manifest) and C(manifest_sha256)
         (C(archive_path), C(manifest_path), C(evidence_manifest) are accepted too).
       - C(archive_sha256) is required when O(outcome=succeeded).
+      - When it carries C(evidence_storage) (M(governed.rollback.evidence_capture) with O(s3_bucket), directly or
+        inside C(evidence_manifest)), the receipt records it in its optional C(evidence_storage) field - the archive's
+        and manifest's object URLs and version ids, the retention mode and the retain-until date.
     type: dict
   signing:
     description:
@@ -270,7 +273,10 @@ options:
     description: Path of a public key file, in the forms O(public_key) accepts.
     type: path
   envelope_path:
-    description: Where to write the receipt's DSSE envelope. Defaults to C(<ledger directory>/<rollback_id>.intoto.jsonl).
+    description:
+      - Where to write the receipt's DSSE envelope. Defaults to C(<ledger directory>/<rollback_id>.intoto.jsonl).
+      - The PostgreSQL ledger keeps the signatures in its rows and writes an envelope file only where this option
+        says.
     type: path
   allow_unsigned:
     description:
@@ -306,6 +312,7 @@ options:
       - With O(state=verify), cross-check every receipt envelope (C(*.intoto.jsonl)) in the ledger's directory against
         the ledger. An envelope whose receipt has no entry is an erased receipt and makes the ledger invalid, as does
         an envelope that contradicts its entry or does not verify. Keep other ledgers' envelopes out of the directory.
+      - File ledger only (the PostgreSQL ledger has no directory).
     type: bool
     default: true
   append_check:
@@ -573,7 +580,6 @@ from ansible_collections.governed.rollback.plugins.module_utils._receipt import 
     IMPORT_ERRORS,
     LedgerError,
     ReceiptError,
-    append_receipt,
     build_receipt,
     load_public_key,
     load_signer,
@@ -648,11 +654,8 @@ def open_backend(module):
     """(backend, s3 heads or None) from the options; a bad combination fails naming the options."""
     params = module.params
     ledger = params["ledger"]
-    if _ledger_pg.is_url(ledger):
-        # A password in the URL is not an option Ansible knows to hide: register it so every output masks it.
-        password = _ledger_pg.parse_url(ledger)[2] if "@" in ledger else None
-        if password:
-            module.no_log_values.add(password)
+    # A password in the URL is not an option Ansible knows to hide: register it so every output masks it.
+    module.no_log_values.update(_ledger_pg.url_secrets(ledger))
     try:
         backend = _ledger.open_ledger(ledger, params["ledger_backend"], params, params["ledger_table"])
         heads = None
