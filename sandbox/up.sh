@@ -273,7 +273,7 @@ COLL=$SANDBOX_ROOT/build/collections
 [ -e "$COLL/ansible_collections/governed/rollback" ] || {
     mkdir -p "$COLL/ansible_collections/governed" && ln -sfn ../../../.. "$COLL/ansible_collections/governed/rollback"; }
 {
-    echo "SET ROLE gr_ledger_owner;"
+    echo "SET client_min_messages = warning; SET ROLE gr_ledger_owner;"
     PYTHONPATH=$COLL "$GUARD_PY" -c 'from ansible_collections.governed.rollback.plugins.module_utils._ledger_pg import schema_sql
 print(schema_sql("governed_rollback_ledger", "gr_ledger_writer"))'
 } | "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$STATE/pg/run" -p "$PG_PORT" -U postgres -d governed_ledger >/dev/null

@@ -368,7 +368,10 @@ class PostgresLedger(object):
                             (entry["seq"], entry["entry_sha256"], head.decode("utf-8")))
             conn.commit()
         except _pg.psycopg2.Error as exc:
-            conn.rollback()
+            try:
+                conn.rollback()
+            except _pg.psycopg2.Error:
+                pass  # a broken connection: the server rolls the transaction back itself
             raise LedgerError("%s: the append was rolled back, nothing was recorded: %s"
                               % (self.describe(), str(exc).strip().splitlines()[0] if str(exc).strip() else exc))
         finally:

@@ -157,5 +157,5 @@ def test_deploy_rollback_with_the_postgres_ledger_and_s3_evidence_then_verify_ca
         for secret in secrets:
             assert secret not in each.stdout
             assert secret not in repr(each.events)
-    assert pb.files_containing(str(tmp_path), secrets) == []
+    assert pb.leaked(str(tmp_path), secrets) == []
     assert pb.files_containing(evidence_dir, secrets) == []

@@ -23,10 +23,12 @@ from securesystemslib.signer import CryptoSigner
 from ansible_collections.governed.rollback.plugins.module_utils import _ledger, _ledger_pg
 from ansible_collections.governed.rollback.plugins.module_utils import _receipt as R
 from ansible_collections.governed.rollback.plugins.module_utils._approval import evaluate
+from tests.integration import _playbook as pb
 from tests.sandbox_env import ROOT
 
 ROSTER = {"oncall": ["on_call_engineer"], "eng-lead": ["engineering_lead"], "dba": ["dba"]}
 NOW = datetime.datetime(2024, 1, 15, 10, 30, 45, tzinfo=datetime.timezone.utc)
+RECEIPT = "governed.rollback.rollback_receipt"
 
 
 def _read(path):
@@ -83,8 +85,13 @@ def table(ledger_db):
 
 
 @pytest.fixture(scope="module")
-def signer():
-    return R.load_signer(CryptoSigner.generate_ed25519().private_bytes)
+def signer_pem():
+    return CryptoSigner.generate_ed25519().private_bytes
+
+
+@pytest.fixture(scope="module")
+def signer(signer_pem):
+    return R.load_signer(signer_pem)
 
 
 def make_receipt(signer, rollback_id):
@@ -152,10 +159,10 @@ print("appended")
 """
 
 
-def test_an_appender_killed_mid_append_leaves_no_gap_and_no_torn_entry(ledger_db, table, signer):
+def test_an_appender_killed_mid_append_leaves_no_gap_and_no_torn_entry(ledger_db, table, signer, signer_pem):
     for i in range(3):
         append(ledger_db, table, signer, "rollback-before-%d" % i)
-    pem = CryptoSigner.generate_ed25519().private_bytes
+    pem = signer_pem
     holder = connect(ledger_db, "owner")
     holder.autocommit = False
     child = None
@@ -286,3 +293,85 @@ def test_verify_catches_the_tail_deleted_with_its_head_through_a_witness(ledger_
 def test_a_missing_table_is_a_clear_error(ledger_db, signer):
     with pytest.raises(R.LedgerError, match="does not exist .*ledger_create"):
         backend(ledger_db, "t_never_created").append(make_receipt(signer, "rollback-none"), signer=signer)
+
+
+# --- the module, through Ansible ----------------------------------------------------------------------------------------
+
+
+def module_receipt_args(ledger, rollback_id, **extra):
+    args = {"ledger": ledger, "rollback_id": rollback_id, "outcome": "succeeded",
+            "approval": {"decision": evaluate("database", "oncall", ["dba", "eng-lead"], ROSTER, now=NOW)},
+            "incident_id": "INC-12345", "environment": "sandbox", "reason": "module on the postgres ledger",
+            "component": "database", "from_version": "v0.1.2", "to_version": "v0.1.1",
+            "current_ref": "sha256:" + "a" * 64, "rollback_target_ref": "b" * 40,
+            "evidence": {"archive_path": "/tmp/x.tar.gz", "archive_sha256": "c" * 64},
+            "signing_key_path": pb.SIGNING_KEY}
+    args.update(extra)
+    return args
+
+
+def test_the_module_records_and_verifies_with_the_password_from_the_environment_only(ledger_db, table, tmp_path):
+    url = "postgresql://%s@%s:%d/%s?table=%s" % (ledger_db["writer"], ledger_db["host"], ledger_db["port"],
+                                                 ledger_db["db"], table)
+    env = {"GOVERNED_ROLLBACK_LEDGER_PGPASSWORD": ledger_db["writer_password"]}
+    outputs = []
+
+    failed, planned, out = pb.run_module_with_output(tmp_path / "check", RECEIPT,
+                                                     module_receipt_args(url, "rollback-mod-1"), env, check=True,
+                                                     diff=True)
+    outputs.append(out)
+    assert not failed, planned.get("msg")
+    assert planned["changed"] is True and planned["ledger_seq"] == 1 and "diff" in planned
+    assert rows(ledger_db, table) == []
+
+    failed, first, out = pb.run_module_with_output(tmp_path / "first", RECEIPT,
+                                                   module_receipt_args(url, "rollback-mod-1"), env)
+    outputs.append(out)
+    assert not failed, first.get("msg")
+    assert first["changed"] is True and first["ledger_seq"] == 1 and first["ledger_backend"] == "postgresql"
+    assert first["ledger"] == url and first["envelope"] is None
+    assert first["stats"]["rollback-mod-1"]["ledger_seq"] == 1
+
+    failed, again, out = pb.run_module_with_output(tmp_path / "again", RECEIPT,
+                                                   module_receipt_args(url, "rollback-mod-1"), env)
+    outputs.append(out)
+    assert not failed and again["changed"] is False and again["entry_sha256"] == first["entry_sha256"]
+    failed, other, out = pb.run_module_with_output(tmp_path / "other", RECEIPT,
+                                                   module_receipt_args(url, "rollback-mod-1", reason="changed"), env)
+    outputs.append(out)
+    assert failed and "already recorded at entry 1 with different content (reason)" in other["msg"]
+    assert len(rows(ledger_db, table)) == 1
+
+    failed, verified, out = pb.run_module_with_output(
+        tmp_path / "verify", RECEIPT, {"state": "verify", "ledger": url, "public_key_path": pb.SIGNING_PUBLIC_KEY}, env)
+    outputs.append(out)
+    assert not failed and verified["valid"] is True and verified["entries"] == 1
+    assert verified["signatures_checked"] is True and verified["checkpoint"]["size"] == 1
+
+    # The connection options instead of a URL, and a password written into a URL: masked in every output.
+    by_options = {"state": "verify", "ledger_backend": "postgresql", "ledger_table": table,
+                  "login_host": ledger_db["host"], "login_port": ledger_db["port"], "login_user": ledger_db["writer"],
+                  "db": ledger_db["db"], "public_key_path": pb.SIGNING_PUBLIC_KEY}
+    failed, verified, out = pb.run_module_with_output(tmp_path / "options", RECEIPT, by_options, env)
+    outputs.append(out)
+    assert not failed and verified["entries"] == 1
+    with_password = url.replace("@", ":%s@" % ledger_db["writer_password"], 1)
+    inline = tmp_path.parent / (tmp_path.name + "-inline")
+    failed, verified, out = pb.run_module_with_output(
+        inline, RECEIPT, {"state": "verify", "ledger": with_password, "public_key_path": pb.SIGNING_PUBLIC_KEY})
+    outputs.append(out)
+    assert not failed and verified["entries"] == 1 and ":********@" in verified["ledger"]
+    assert ledger_db["writer_password"] not in json.dumps(verified)
+    # Only ansible-runner's record of the command it was given (the URL as the caller wrote it) holds it.
+    assert sorted(set(os.path.basename(w) for w, _n in pb.files_containing(str(inline), [ledger_db["writer_password"]]))) \
+        == ["command"]
+
+    # A wrong password fails naming the target, never the password.
+    failed, refused, out = pb.run_module_with_output(
+        tmp_path / "wrong", RECEIPT, module_receipt_args(url, "rollback-mod-2"),
+        {"GOVERNED_ROLLBACK_LEDGER_PGPASSWORD": "wrong-" + ledger_db["writer_password"]})
+    outputs.append(out)
+    assert failed and "cannot connect to PostgreSQL" in refused["msg"] and "password authentication" in refused["msg"]
+    for text in outputs + [json.dumps(planned), json.dumps(first), json.dumps(refused)]:
+        assert ledger_db["writer_password"] not in text
+    assert pb.leaked(str(tmp_path), [ledger_db["writer_password"]]) == []
