@@ -26,7 +26,12 @@ import os
 import traceback
 
 from ansible_collections.governed.rollback.plugins.module_utils._common import RollbackError
-from ansible_collections.governed.rollback.plugins.module_utils._receipt import LedgerError, _bad, parse_checkpoint
+from ansible_collections.governed.rollback.plugins.module_utils._receipt import (
+    LedgerError,
+    _bad,
+    parse_checkpoint,
+    secret_findings,
+)
 
 BOTO3_IMP_ERR = None
 try:
@@ -237,11 +242,19 @@ def upload_evidence(store, rollback_id, archive_path, manifest_path, check_mode=
     return results
 
 
+def receipt_version_id(version_id):
+    """A version id as the receipt records it: as is, or ``hex:<hex of it>`` when it looks like a secret to the
+    receipt's guard (AWS's random version ids do; SeaweedFS's hex ones do not), so the receipt is not refused."""
+    if version_id is None or not secret_findings(version_id):
+        return version_id
+    return "hex:" + version_id.encode("utf-8").hex()
+
+
 def storage_record(uploaded):
     """The receipt's evidence_storage field (nullable): where the archive and manifest are kept, and how long."""
     archive, manifest = uploaded["archive"], uploaded["manifest"]
-    return {"archive_url": archive["url"], "archive_version_id": archive["version_id"],
-            "manifest_url": manifest["url"], "manifest_version_id": manifest["version_id"],
+    return {"archive_url": archive["url"], "archive_version_id": receipt_version_id(archive["version_id"]),
+            "manifest_url": manifest["url"], "manifest_version_id": receipt_version_id(manifest["version_id"]),
             "retention_mode": (archive["retention"] or {}).get("mode"),
             "retain_until": (archive["retention"] or {}).get("retain_until")}
 

@@ -407,6 +407,8 @@ evidence_storage:
     - With O(s3_bucket), where the sealed archive and the pack manifest are kept in object storage, for the receipt's
       C(evidence_storage) field - C(archive_url), C(archive_version_id), C(manifest_url), C(manifest_version_id),
       C(retention_mode) (V(COMPLIANCE), V(GOVERNANCE) or null without Object Lock) and C(retain_until).
+    - A version id the receipt's secret guard would take for a secret (AWS's random ones) is given as
+      C(hex:<its UTF-8 bytes in hex>), so the receipt that records it is not refused.
     - Also in RV(evidence_manifest), which is what a role passes to M(governed.rollback.rollback_receipt).
   returned: when finalize is true, s3_bucket is set and the scan passed
   type: dict

@@ -190,6 +190,15 @@ def test_the_receipt_records_where_the_pack_is_and_the_schema_accepts_it(signer)
     assert "evidence_storage" not in plain
 
 
+def test_a_random_looking_version_id_is_recorded_hex_encoded_so_the_receipt_guard_accepts_it():
+    aws_like = "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY+MTRCxf3vjVBH40Nr8X8gdRQBpUMLUo"
+    assert R.secret_findings(aws_like)
+    recorded = _s3.receipt_version_id(aws_like)
+    assert recorded == "hex:" + aws_like.encode().hex() and not R.secret_findings(recorded)
+    seaweed_like = "7fffe8a1b2c3d4e5f60718293a4b5c6d"
+    assert _s3.receipt_version_id(seaweed_like) == seaweed_like and _s3.receipt_version_id(None) is None
+
+
 def test_retention_until_is_days_from_now():
     now = datetime.datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=datetime.timezone.utc)
     assert _s3.retain_until(7, now) == datetime.datetime(2026, 1, 8, 12, 0, 0, tzinfo=datetime.timezone.utc)
