@@ -426,6 +426,7 @@ class PostgresLedger(object):
     def _result(self, entry, changed):
         return entry_result(entry, changed, None, self.head_location())
 
+
 def _fetch_all(cur):
     while True:
         rows = cur.fetchmany(2000)

@@ -176,8 +176,8 @@ def test_file_ledger_heads_are_locked_objects_and_verify_catches_a_deleted_or_ro
     # Rolled back: an older copy of the ledger and its head put back (consistent with each other).
     saved = tmp_path / "saved"
     shutil.copytree(os.path.dirname(ledger), str(saved))
-    failed, _res = pb.run_module(tmp_path / "append-3", RECEIPT, dict(receipt_args(ledger, "rollback-heads-3"),
-                                                                        **heads), envvars=s3["env"])
+    fourth = dict(receipt_args(ledger, "rollback-heads-3"), **heads)
+    failed, _res = pb.run_module(tmp_path / "append-3", RECEIPT, fourth, envvars=s3["env"])
     assert not failed
     shutil.rmtree(os.path.dirname(ledger))
     shutil.copytree(str(saved), os.path.dirname(ledger))
