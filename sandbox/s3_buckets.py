@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Wait for the sandbox's S3 server and create its buckets (idempotent).
 
 Usage: s3_buckets.py ENDPOINT ACCESS_KEY_FILE SECRET_KEY_FILE LOCKED_BUCKET PLAIN_BUCKET

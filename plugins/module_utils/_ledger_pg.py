@@ -432,8 +432,7 @@ def _fetch_all(cur):
         rows = cur.fetchmany(2000)
         if not rows:
             return
-        for row in rows:
-            yield row
+        yield from rows
 
 
 def entry_digest(entry):
