@@ -172,6 +172,21 @@ class Store(object):
             return head
         return None
 
+    def current(self, key):
+        """put's result for the object stored under key now (changed False), or None when there is none."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise S3Error("cannot read %s: %s" % (self.where(key), _describe(exc)))
+        mode, days = self.retention_plan()
+        checksum = head.get("ChecksumSHA256")
+        return {"url": object_url(self.params, self.bucket, key), "uri": self.where(key), "bucket": self.bucket,
+                "key": key, "sha256": base64.b64decode(checksum).hex() if checksum else None,
+                "checksum_sha256": checksum, "version_id": head.get("VersionId"),
+                "retention": self._retention(head, mode, days), "changed": False}
+
     def put(self, key, data, content_type="application/octet-stream", check_mode=False):
         """Write data under key with a SHA256 checksum and the retention; read the checksum back. Idempotent: an
         object already holding these bytes is kept. Returns {url, uri, bucket, key, version_id, sha256,
@@ -230,14 +245,17 @@ def evidence_keys(prefix, rollback_id, archive_name, manifest_name="pack-manifes
 
 def upload_evidence(store, rollback_id, archive_path, manifest_path, check_mode=False):
     """Upload the sealed archive and the pack manifest; {archive: put result, manifest: put result, changed}."""
-    archive_key, manifest_key = evidence_keys(store.prefix, rollback_id, os.path.basename(archive_path),
-                                              os.path.basename(manifest_path))
-    results = {}
-    for name, path, key, ctype in (("archive", archive_path, archive_key, "application/gzip"),
-                                   ("manifest", manifest_path, manifest_key, "application/json")):
-        with open(path, "rb") as handle:
-            data = handle.read()
-        results[name] = store.put(key, data, ctype, check_mode=check_mode)
+    archive_key, manifest_key = evidence_keys(store.prefix, rollback_id, os.path.basename(archive_path))
+    with open(archive_path, "rb") as handle:
+        results = {"archive": store.put(archive_key, handle.read(), "application/gzip", check_mode=check_mode)}
+    # The pack manifest carries its finalize time, so finalizing the same pack again rewrites it; the stored one
+    # stays while the stored archive is this archive (a new archive always brings its manifest).
+    kept = None if results["archive"]["changed"] else store.current(manifest_key)
+    if kept is not None:
+        results["manifest"] = kept
+    else:
+        with open(manifest_path, "rb") as handle:
+            results["manifest"] = store.put(manifest_key, handle.read(), "application/json", check_mode=check_mode)
     results["changed"] = any(results[n]["changed"] for n in ("archive", "manifest"))
     return results
 

@@ -118,8 +118,9 @@ def test_deploy_rollback_with_the_postgres_ledger_and_s3_evidence_then_verify_ca
     assert head["ObjectLockMode"] == "COMPLIANCE"
     body = client.get_object(Bucket=s3["bucket"], Key=key, VersionId=storage["archive_version_id"])["Body"].read()
     assert hashlib.sha256(body).hexdigest() == receipt["evidence"]["archive_sha256"]
-    assert client.head_object(Bucket=s3["bucket"], Key="%srollbacks/%s/pack-manifest.json" % (prefix, rollback_id),
-                              VersionId=storage["manifest_version_id"])
+    manifest_key = storage["manifest_url"][len("%s/%s/" % (s3["endpoint"], s3["bucket"])):]
+    assert manifest_key.startswith("%srollbacks/%s/" % (prefix, rollback_id))
+    assert client.head_object(Bucket=s3["bucket"], Key=manifest_key, VersionId=storage["manifest_version_id"])
     heads = client.list_object_versions(Bucket=s3["bucket"], Prefix="%sledger-heads/%s/" % (prefix, ledger_table))
     assert len(heads["Versions"]) == 1
 

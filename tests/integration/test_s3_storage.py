@@ -147,7 +147,7 @@ def test_a_wrong_secret_fails_clearly_and_never_shows(tmp_path, s3):
 def receipt_args(ledger, rollback_id):
     return {"ledger": ledger, "rollback_id": rollback_id, "outcome": "failed", "signing": "required",
             "signing_key_path": pb.SIGNING_KEY, "rollback_type": "database", "requested_by": "oncall",
-            "environment": "sandbox", "reason": "locked heads test", "incident_id": "INC-12345",
+            "environment": "sandbox", "reason": "locked heads test", "incident_id": "INC-12345", "component": "database",
             "approval": {"decision": evaluate("database", "oncall", ["dba", "eng-lead"], ROSTER, now=NOW)},
             "failure": {"task": "test", "message": "a failed rollback for the ledger test"}}
 
