@@ -28,10 +28,11 @@ help:
 	@echo "make release      build it, then galaxy-importer, sanity on the installed copy, ansible-builder create, docs"
 	@echo "make docs         the docs site (antsibull-docs + Sphinx) into docs/site/build/html"
 
-$(BIN)/.stamp: requirements.txt requirements-test.txt constraints.txt
+$(BIN)/.stamp: requirements.txt requirements-test.txt requirements-nodeps.txt constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-test.txt -c constraints.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt -c constraints.txt
 	touch $@
 
 venv: $(BIN)/.stamp

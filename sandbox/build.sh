@@ -63,6 +63,17 @@ install_kwok() {  # the stage definitions ship in the module zip; keep a copy ne
     mkdir -p "$KWOK_BIN/stages" && cp -r "$src"/. "$KWOK_BIN/stages/" && chmod -R u+w "$KWOK_BIN/stages"
 }
 
+# SeaweedFS: `go install` is refused (its go.mod has a replace directive), so build from the module's source: download
+# the version, copy it out of the read-only module cache and `go build ./weed` there (~5 min on 2 cores).
+go_build_seaweedfs() (
+    mod=github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION
+    dir=$(go mod download -json "$mod" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    [ -n "$dir" ] || { echo "go mod download $mod: no module directory" >&2; exit 1; }
+    work=$(mktemp -d) && trap 'chmod -R u+w "$work"; rm -rf "$work"' EXIT
+    cp -r "$dir"/. "$work/src" && chmod -R u+w "$work/src"
+    cd "$work/src" && go build -trimpath -ldflags "-s -w" -o "$SEAWEEDFS_BIN/weed" ./weed
+)
+
 # Flyway's command line without its tarball: a pom-packaging project whose dependencies are the CLI's jar (its own
 # dependencies excluded), flyway-core, the PostgreSQL module and driver, and what the CLI needs at run time.
 fetch_flyway() (
@@ -108,4 +119,5 @@ build opa "$OPA_BIN" "github.com/open-policy-agent/opa@$OPA_VERSION" \
 # plugins (cloud SDKs, most of the build) are left out with the upstream build tag remove_all_sd.
 build prometheus "$PROMETHEUS_BIN" "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" \
     go_install_tags remove_all_sd "$PROMETHEUS_BIN" "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
+build seaweedfs "$SEAWEEDFS_BIN" "github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION" go_build_seaweedfs
 echo "sandbox build: ready in $(( $(date +%s) - start ))s (cache: $CACHE, $(du -sh "$CACHE" 2>/dev/null | cut -f1))"

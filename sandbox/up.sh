@@ -271,6 +271,63 @@ export SANDBOX_PEP_PYTHON=$GUARD_PY
 export SANDBOX_PROMETHEUS_URL=http://127.0.0.1:$PROM_PORT
 EOF
 
+# ---- SeaweedFS: S3 with Object Lock (evidence packs, locked ledger heads) -------------------------------
+# One `weed server` process (master, volume server, filer, S3 gateway) on loopback, every port and socket its own
+# (other sandboxes run beside this one). The identities file holds the sandbox's key pair; SigV4 is enforced.
+# Its SIGTERM takes ~20 s: down.sh SIGKILLs it after 10 s, which loses nothing (up.sh starts from a clean state).
+S3D=$STATE/s3
+install -d -m 700 "$S3D" "$S3D/data"
+S3_PORT=$(free_port); S3_GRPC=$(free_port); SW_MASTER=$(free_port); SW_MASTER_GRPC=$(free_port)
+SW_VOLUME=$(free_port); SW_VOLUME_GRPC=$(free_port); SW_FILER=$(free_port); SW_FILER_GRPC=$(free_port)
+echo "GRSANDBOX$(openssl rand -hex 6 | tr 'a-f' 'A-F')" >"$S3D/access-key"
+openssl rand -hex 20 >"$S3D/secret-key"
+printf '{"identities":[{"name":"sandbox","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
+    "$(cat "$S3D/access-key")" "$(cat "$S3D/secret-key")" >"$S3D/identities.json"
+chmod 600 "$S3D/access-key" "$S3D/secret-key" "$S3D/identities.json"
+start_component seaweedfs "$SEAWEEDFS_BIN/weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$S3D/data" \
+    -master.port="$SW_MASTER" -master.port.grpc="$SW_MASTER_GRPC" -master.volumeSizeLimitMB=64 \
+    -master.telemetry=false -volume.port="$SW_VOLUME" -volume.port.grpc="$SW_VOLUME_GRPC" -volume.max=32 \
+    -filer -filer.port="$SW_FILER" -filer.port.grpc="$SW_FILER_GRPC" -filer.localSocket="$S3D/filer.sock" \
+    -s3 -s3.port="$S3_PORT" -s3.port.grpc="$S3_GRPC" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -s3.config="$S3D/identities.json" -s3.localSocket="$S3D/s3.sock"
+wait_for seaweedfs 90 curl -sf "http://127.0.0.1:$S3_PORT/healthz"
+"$GUARD_PY" "$HERE/s3_buckets.py" "http://127.0.0.1:$S3_PORT" "$S3D/access-key" "$S3D/secret-key" \
+    governed-evidence governed-plain || component_failed seaweedfs
+
+# ---- PostgreSQL receipt ledger: its own database; the owner created the tables, the writer may INSERT and SELECT --
+L=$STATE/ledger
+install -d -m 700 "$L"
+openssl rand -hex 16 >"$L/owner-password"
+openssl rand -hex 16 >"$L/writer-password"
+chmod 600 "$L"/*-password
+"$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$STATE/pg/run" -p "$PG_PORT" -U postgres -d postgres >/dev/null <<SQL
+CREATE ROLE gr_ledger_owner LOGIN PASSWORD '$(cat "$L/owner-password")';
+CREATE ROLE gr_ledger_writer LOGIN PASSWORD '$(cat "$L/writer-password")';
+CREATE DATABASE governed_ledger OWNER gr_ledger_owner;
+SQL
+COLL=$SANDBOX_ROOT/build/collections
+[ -e "$COLL/ansible_collections/governed/rollback" ] || {
+    mkdir -p "$COLL/ansible_collections/governed" && ln -sfn ../../../.. "$COLL/ansible_collections/governed/rollback"; }
+{
+    echo "SET client_min_messages = warning; SET ROLE gr_ledger_owner;"
+    PYTHONPATH=$COLL "$GUARD_PY" -c 'from ansible_collections.governed.rollback.plugins.module_utils._ledger_pg import schema_sql
+print(schema_sql("governed_rollback_ledger", "gr_ledger_writer"))'
+} | "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$STATE/pg/run" -p "$PG_PORT" -U postgres -d governed_ledger >/dev/null
+
+cat >>"$STATE/env" <<EOF
+export SANDBOX_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
+export SANDBOX_S3_REGION=us-east-1
+export SANDBOX_S3_BUCKET=governed-evidence
+export SANDBOX_S3_PLAIN_BUCKET=governed-plain
+export SANDBOX_S3_ACCESS_KEY_ID=$(cat "$S3D/access-key")
+export SANDBOX_S3_SECRET_ACCESS_KEY_FILE=$S3D/secret-key
+export SANDBOX_LEDGER_PGDATABASE=governed_ledger
+export SANDBOX_LEDGER_PGUSER=gr_ledger_writer
+export SANDBOX_LEDGER_PGPASSWORD_FILE=$L/writer-password
+export SANDBOX_LEDGER_OWNER=gr_ledger_owner
+export SANDBOX_LEDGER_OWNER_PGPASSWORD_FILE=$L/owner-password
+EOF
+
 "$HERE/seed.sh"
 
 # The same coordinates as JSON for the sandbox inventory (no secrets: the DB password stays in a file).

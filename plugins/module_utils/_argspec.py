@@ -7,6 +7,8 @@
   variables AWX's Kubernetes bearer-token credential injects.
 - ``PG_CONN``: the PostgreSQL connection (doc fragment ``governed.rollback.postgres``), with the ``PG*`` variables
   AWX's PostgreSQL credential and libpq use.
+- ``S3``: S3-compatible object storage (doc fragment ``governed.rollback.s3``), with the ``AWS_*`` variables AWX's
+  credentials inject.
 - ``WAIT``: waiting for the change to finish (doc fragment ``governed.rollback.wait``).
 - ``RUNBOOK_CONTEXT``: who and why, recorded on the changed object (doc fragment
   ``governed.rollback.runbook_context``).
@@ -36,6 +38,19 @@ PG_CONN = dict(
     login_user=dict(type="str", fallback=(env_fallback, ["PGUSER"])),
     login_password=dict(type="str", no_log=True, fallback=(env_fallback, ["PGPASSWORD"])),
     db=dict(type="str", aliases=["login_db"], fallback=(env_fallback, ["PGDATABASE"])),
+)
+
+S3 = dict(
+    s3_bucket=dict(type="str"),
+    s3_prefix=dict(type="str", default=""),
+    s3_endpoint_url=dict(type="str", fallback=(env_fallback, ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"])),
+    s3_region=dict(type="str", fallback=(env_fallback, ["AWS_REGION", "AWS_DEFAULT_REGION"])),
+    s3_access_key=dict(type="str", no_log=False, fallback=(env_fallback, ["AWS_ACCESS_KEY_ID"])),
+    s3_secret_key=dict(type="str", no_log=True, fallback=(env_fallback, ["AWS_SECRET_ACCESS_KEY"])),
+    s3_session_token=dict(type="str", no_log=True, fallback=(env_fallback, ["AWS_SESSION_TOKEN"])),
+    s3_ca_bundle=dict(type="path", fallback=(env_fallback, ["AWS_CA_BUNDLE"])),
+    s3_object_lock_mode=dict(type="str", choices=["COMPLIANCE", "GOVERNANCE"]),
+    s3_object_lock_days=dict(type="int"),
 )
 
 WAIT = dict(

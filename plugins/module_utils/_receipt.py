@@ -606,7 +606,20 @@ def build_receipt(fields, approval=None, evidence=None, signing_required=True, k
     for name in OPTIONAL_FIELDS:
         if derived.get(name) is not None:
             receipt[name] = derived[name]
+    storage = evidence_storage(evidence)
+    if storage is not None:
+        receipt["evidence_storage"] = storage
     return receipt
+
+
+def evidence_storage(evidence):
+    """The evidence pack's object-storage record (evidence_capture's evidence_storage), or None."""
+    if not isinstance(evidence, dict):
+        return None
+    for source in (evidence, evidence.get("evidence_manifest")):
+        if isinstance(source, dict) and isinstance(source.get("evidence_storage"), dict):
+            return copy.deepcopy(source["evidence_storage"])
+    return None
 
 
 # --------------------------------------------------------------------------- keys and DSSE
@@ -847,9 +860,7 @@ def verify_ledger_bytes(data, head_bytes=None, keys=None):
     and schema are always checked). Returns {valid, entries, first_bad_entry, bad_rollback_id, message,
     checkpoint, unsigned_entries, signatures_checked, last_entry_sha256, index}.
     """
-    result = {"valid": False, "entries": 0, "first_bad_entry": None, "bad_rollback_id": None, "message": "",
-              "checkpoint": None, "unsigned_entries": [], "signatures_checked": bool(keys),
-              "last_entry_sha256": GENESIS, "index": {}, "digests": []}
+    result = new_result(keys)
     data = data or b""
     lines = data.split(b"\n")
     complete, tail = lines[:-1], lines[-1]
@@ -871,6 +882,15 @@ def verify_ledger_bytes(data, head_bytes=None, keys=None):
         return _bad(result, seq, None, "entry %d is incomplete (no trailing newline): a write was cut short; "
                                        "move the ledger aside and restore it from its last good copy" % seq)
     return _check_head(result, head_bytes, keys)
+
+
+def new_result(keys, **extra):
+    """A verification result before any entry was read (verify_ledger_bytes' keys)."""
+    result = {"valid": False, "entries": 0, "first_bad_entry": None, "bad_rollback_id": None, "message": "",
+              "checkpoint": None, "unsigned_entries": [], "signatures_checked": bool(keys),
+              "last_entry_sha256": GENESIS, "index": {}, "digests": []}
+    result.update(extra)
+    return result
 
 
 def _named(entry):
@@ -1253,7 +1273,7 @@ def read_envelopes(ledger):
     return found
 
 
-def verify_ledger(ledger, keys=None, witnesses=None, head_mirror=None, envelopes=True):
+def verify_ledger(ledger, keys=None, witnesses=None, head_mirror=None, envelopes=True, s3_heads=None):
     """Full verification over the files, read under a shared lock so a concurrent append is never half-seen.
 
     Beyond verify_ledger_bytes: every witness ({seq, sha256}, see normalize_witnesses), the head mirror (when given)
@@ -1282,6 +1302,8 @@ def verify_ledger(ledger, keys=None, witnesses=None, head_mirror=None, envelopes
             check_mirror(result, _read_file(head_mirror), keys, head_mirror)
         if envelopes:
             check_envelopes(result, read_envelopes(ledger), keys)
+        if s3_heads is not None:
+            s3_heads.check(result, keys)
     finally:
         if fd is not None:
             os.close(fd)
@@ -1333,9 +1355,7 @@ def tail_state(fd, head_bytes, keys):
     seq and hash are the head's (so no entry after the head's seq exists). Entries before the tail are only checked by
     full verification (state=verify). Returns the same keys verify_ledger_bytes does (index and digests empty).
     """
-    result = {"valid": False, "entries": 0, "first_bad_entry": None, "bad_rollback_id": None, "message": "",
-              "checkpoint": None, "unsigned_entries": [], "signatures_checked": bool(keys),
-              "last_entry_sha256": GENESIS, "index": {}, "digests": [], "tail_only": True}
+    result = new_result(keys, tail_only=True)
     length = os.fstat(fd).st_size
     if length == 0:
         return _check_head(result, head_bytes, keys)
@@ -1415,12 +1435,14 @@ def _differing_fields(one, other):
 
 
 def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=False, now=None,
-                   envelope_path=None, head_mirror=None, verify="tail"):
+                   envelope_path=None, head_mirror=None, verify="tail", s3_heads=None):
     """Validate, sign and append one receipt under an exclusive lock; refuse a ledger that does not verify.
 
     verify="tail" (default) costs O(1) in the ledger's size: the signed head's signature, the tail entry it signs
     (canonical, hashes, schema, signature) and the head mirror; the entries before the tail are checked by full
     verification (state=verify), which verify="full" also runs before appending.
+    s3_heads (optional, _s3.S3Heads): locked copies of the signed head in object storage, checked like the head
+    mirror before the append and written after it.
     Idempotent per rollback_id: the same receipt again (differing at most in the times a rerun recomputes)
     returns the recorded entry unchanged (changed False); different content under a recorded rollback_id
     is refused, naming the fields that differ.
@@ -1465,6 +1487,8 @@ def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=F
                               "append would downgrade it; provide signing_key or signing_key_path" % ledger, state)
         if head_mirror:
             _check_mirror_for_append(head_mirror, state, keys)
+        if s3_heads is not None:
+            s3_heads.check_for_append(state, keys)
         if existing is not None:
             recorded, wanted = without_rerun_times(existing["receipt"]), without_rerun_times(receipt)
             if receipt_sha256(recorded) != receipt_sha256(wanted):
@@ -1492,6 +1516,8 @@ def append_receipt(ledger, receipt, signer=None, trusted_keys=None, check_mode=F
         atomic_write(head_path(ledger), head)
         if head_mirror:
             _write_mirror(head_mirror, head, entry["seq"])
+        if s3_heads is not None:
+            s3_heads.put(head, entry["seq"])
         if signatures:
             _write_envelope_file(path, receipt_envelope(receipt, signatures))
         return _result(entry, True, path, ledger)
@@ -1564,6 +1590,11 @@ def _plan(receipt, signer, seq, envelope_path, ledger):
 
 
 def _result(entry, changed, envelope_path, ledger):
+    return entry_result(entry, changed, envelope_path, head_path(ledger))
+
+
+def entry_result(entry, changed, envelope_path, head):
+    """append's return values for an entry (the module's): envelope only when signed, head where it is kept."""
     signed = bool(entry["signatures"])
     return {
         "changed": changed,
@@ -1575,7 +1606,7 @@ def _result(entry, changed, envelope_path, ledger):
         "signed": signed,
         "keyid": entry["receipt"]["signing"]["keyid"],
         "envelope": envelope_path if signed else None,
-        "head": head_path(ledger),
+        "head": head,
     }
 
 

@@ -166,6 +166,21 @@ RECEIPT_SCHEMA = {
                 "manifest_sha256": _nullable(_SHA256_HEX),
             },
         }),
+        # Optional (issue 20): where the evidence archive and pack manifest are kept in object storage.
+        "evidence_storage": _nullable({
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["archive_url", "archive_version_id", "manifest_url", "manifest_version_id", "retention_mode",
+                         "retain_until"],
+            "properties": {
+                "archive_url": _TEXT,
+                "archive_version_id": _nullable(_NAME),
+                "manifest_url": _TEXT,
+                "manifest_version_id": _nullable(_NAME),
+                "retention_mode": _nullable({"enum": ["COMPLIANCE", "GOVERNANCE"]}),
+                "retain_until": _nullable(_TIMESTAMP),
+            },
+        }),
         "signing": {
             "type": "object",
             "additionalProperties": False,

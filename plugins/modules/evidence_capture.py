@@ -193,6 +193,10 @@ options:
       - After capturing (if O(sources) is not empty), write the diffs, scan the whole pack and write the
         deterministic archive. A scan finding fails the task and no archive is written.
       - Finalizing again over the same content gives the same archive digest and reports no change.
+      - With O(s3_bucket), the sealed archive and the pack manifest are then uploaded to
+        C(<s3_prefix>rollbacks/<rollback_id>/) with a SHA256 checksum (read back and compared after the write) and,
+        where the bucket has Object Lock, retention (O(s3_object_lock_mode), O(s3_object_lock_days)); an object that
+        already holds the same bytes is kept (no change). A failed upload fails the task.
     type: bool
     default: false
   preflight:
@@ -232,6 +236,7 @@ options:
 extends_documentation_fragment:
   - governed.rollback.k8s_auth
   - governed.rollback.postgres
+  - governed.rollback.s3
   - governed.rollback.attributes
   - governed.rollback.attributes.ACTIONGROUP_K8S_POSTGRES
 attributes:
@@ -300,6 +305,16 @@ EXAMPLES = r"""
     sources: "{{ evidence_sources }}"
     finalize: true
   register: evidence
+
+- name: Seal the pack and keep it in a bucket with Object Lock (credentials from AWS_* as AWX injects them)
+  governed.rollback.evidence_capture:
+    rollback_id: "{{ rollback_id }}"
+    phase: after
+    finalize: true
+    s3_bucket: governed-rollback-evidence
+    s3_endpoint_url: https://s3.example.internal
+    s3_object_lock_mode: COMPLIANCE
+    s3_object_lock_days: 2555
 
 - name: Publish the pack for AWX
   ansible.builtin.set_stats:
@@ -387,6 +402,30 @@ archive_sha256:
   description: sha256 of the archive, for the receipt.
   returned: when finalize is true and the scan passed
   type: str
+evidence_storage:
+  description:
+    - With O(s3_bucket), where the sealed archive and the pack manifest are kept in object storage, for the receipt's
+      C(evidence_storage) field - C(archive_url), C(archive_version_id), C(manifest_url), C(manifest_version_id),
+      C(retention_mode) (V(COMPLIANCE), V(GOVERNANCE) or null without Object Lock) and C(retain_until).
+    - A version id the receipt's secret guard would take for a secret (AWS's random ones) is given as
+      C(hex:<its UTF-8 bytes in hex>), so the receipt that records it is not refused.
+    - Also in RV(evidence_manifest), which is what a role passes to M(governed.rollback.rollback_receipt).
+  returned: when finalize is true, s3_bucket is set and the scan passed
+  type: dict
+  sample:
+    archive_url: https://s3.example.internal/governed-rollback-evidence/rollbacks/rollback-20240115-103045/rollback-20240115-103045.tar.gz
+    archive_version_id: 0000001a2b3c4d5e
+    manifest_url: https://s3.example.internal/governed-rollback-evidence/rollbacks/rollback-20240115-103045/pack-manifest.json
+    manifest_version_id: 0000001a2b3c4d5f
+    retention_mode: COMPLIANCE
+    retain_until: "2031-01-14T10:31:02Z"
+s3_objects:
+  description:
+    - With O(s3_bucket), each uploaded object (C(archive), C(manifest)) - C(url), C(uri), C(bucket), C(key),
+      C(version_id), C(sha256), C(checksum_sha256) (the store's SHA256 checksum, read back and compared after the
+      write), C(retention) and C(changed) (false when the object already held these bytes).
+  returned: when finalize is true, s3_bucket is set and the scan passed
+  type: dict
 pack_manifest_path:
   description: Path of the pack manifest (archive digest, phase manifest digests, redaction result).
   returned: when finalize is true
@@ -422,8 +461,8 @@ preflight:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
-from ansible_collections.governed.rollback.plugins.module_utils import _argspec, _evidence, _redact
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible_collections.governed.rollback.plugins.module_utils import _argspec, _evidence, _redact, _s3
 from ansible_collections.governed.rollback.plugins.module_utils._common import RollbackError, fail_from_exception
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import build_api_client, require_k8s
 
@@ -473,7 +512,7 @@ def argument_spec():
         max_workers=dict(type="int", default=8),
         scan_referenced_secrets=dict(type="bool", default=True),
         scan_allowlist=dict(type="list", elements="str", default=[]),
-    ), _argspec.K8S_AUTH, _argspec.PG_CONN)
+    ), _argspec.K8S_AUTH, _argspec.PG_CONN, _argspec.S3)
 
 
 def hide_url_credentials(module, sources):
@@ -526,6 +565,14 @@ def run(module):
             result["plan"].append({"name": "finalize", "type": "finalize", "required": True,
                                    "captures": "diffs before -> after, pattern scan, deterministic archive",
                                    "path": "%s.tar.gz" % rollback_id})
+            if _s3.wanted(params):
+                archive_key, manifest_key = _s3.evidence_keys(params["s3_prefix"], rollback_id,
+                                                              "%s.tar.gz" % rollback_id)
+                result["plan"].append({"name": "upload", "type": "s3", "required": True,
+                                       "captures": "archive and pack manifest to object storage (SHA256 checksum, "
+                                                   "Object Lock retention where the bucket has it)",
+                                       "path": ["s3://%s/%s" % (params["s3_bucket"], k)
+                                                for k in (archive_key, manifest_key)]})
         result["changed"] = True
         module.exit_json(**result)
     if _evidence.needs_k8s(sources):
@@ -570,6 +617,13 @@ def run(module):
                            pack_manifest_path=final["pack_manifest_path"],
                            pack_manifest_sha256=final["pack_manifest_sha256"], redaction=final["redaction"]["status"],
                            incomplete=final["incomplete"], diff_files=len(final["diff_files"]))
+            if _s3.wanted(params) and final["redaction"]["status"] != "failed" and final["archive_path"]:
+                uploaded = _s3.upload_evidence(_s3.Store(params), rollback_id, final["archive_path"],
+                                               final["pack_manifest_path"])
+                result["changed"] = result["changed"] or uploaded["changed"]
+                result["evidence_storage"] = _s3.storage_record(uploaded)
+                result["s3_objects"] = {"archive": uploaded["archive"], "manifest": uploaded["manifest"]}
+                summary["evidence_storage"] = result["evidence_storage"]
             if module._diff and final["diff_files"]:
                 result["diff"] = {"prepared": diff_text(final["pack_dir"], final["diff_files"])}
             if final["redaction"]["status"] == "failed":
@@ -580,7 +634,7 @@ def run(module):
                                         _redact.describe_findings(
                                             [_redact.Finding(**f) for f in final["redaction"]["findings"]],
                                             10))))
-    except _evidence.EvidenceError as exc:
+    except (_evidence.EvidenceError, _s3.S3Error) as exc:
         failures.append(str(exc))
     except OSError as exc:
         # Anything the store refused outside a source (the manifest, diffs, the archive).
@@ -597,6 +651,8 @@ def run(module):
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    if _s3.wanted(module.params) and not _s3.HAS_BOTO3:
+        module.fail_json(msg=missing_required_lib("boto3"), exception=_s3.BOTO3_IMP_ERR)
     try:
         run(module)
     except Exception as exc:  # pylint: disable=broad-except  # anything unforeseen still ends in fail_json

@@ -36,9 +36,21 @@ description:
   - Modules cannot call C(ansible.builtin.set_stats); this module returns RV(ansible_stats), which Ansible applies
     exactly like C(set_stats) does, so the summary becomes an AWX job artifact under C(governed_rollback_receipts).
     Roles may also pass RV(stats) to C(ansible.builtin.set_stats) themselves.
+  - "Backends: the file ledger above (the default, for one machine), or a PostgreSQL database (O(ledger) a
+    C(postgresql://) URL, or O(ledger_backend=postgresql) with the connection options) for jobs that run on several
+    AWX execution nodes. The PostgreSQL ledger has the same entries as columns of the table O(ledger_table) and one
+    signed head per append in C(<ledger_table>_head); an append is one transaction under a transaction-level advisory
+    lock (seq, rollback_id, prev and entry_sha256 are UNIQUE), so concurrent jobs append one valid chain and a killed
+    job leaves no gap or torn entry. O(state=verify) runs the same checks over the rows."
+  - With O(s3_bucket), every append also writes the signed head to object storage as a new object under Object Lock
+    retention (C(<s3_prefix>ledger-heads/<s3_heads_name>/)), and an append to a ledger behind or off the newest
+    locked head is refused; O(state=verify) compares the ledger with the newest locked head (over all object
+    versions, so a delete marker cannot hide one), which catches a ledger rolled back, truncated or deleted.
 extends_documentation_fragment:
   - governed.rollback.attributes
   - governed.rollback.attributes.ACTIONGROUP_ROLLBACK
+  - governed.rollback.postgres
+  - governed.rollback.s3
 attributes:
   check_mode:
     support: full
@@ -56,9 +68,45 @@ options:
     choices: [present, verify]
     default: present
   ledger:
-    description: Path of the ledger (JSONL). Created with its directory on the first append.
+    description:
+      - Path of the ledger (JSONL), created with its directory on the first append; required with the file backend.
+      - Or a C(postgresql://user@host:port/database) URL (optionally C(?table=<name>)) for the PostgreSQL backend.
+        Give the password as O(login_password) or in E(GOVERNED_ROLLBACK_LEDGER_PGPASSWORD)/E(PGPASSWORD) rather
+        than in the URL; a password in the URL is accepted, never logged, and masked in every returned location.
     type: path
-    required: true
+  ledger_backend:
+    description:
+      - V(file) (the JSONL file) or V(postgresql). Defaults to V(postgresql) for a C(postgresql://) O(ledger), else
+        V(file).
+      - With V(postgresql) and no O(ledger), the connection comes from O(login_host), O(login_port), O(login_user),
+        O(login_password) and O(db); each also falls back to E(GOVERNED_ROLLBACK_LEDGER_PGHOST),
+        E(GOVERNED_ROLLBACK_LEDGER_PGPORT), E(GOVERNED_ROLLBACK_LEDGER_PGUSER),
+        E(GOVERNED_ROLLBACK_LEDGER_PGPASSWORD), E(GOVERNED_ROLLBACK_LEDGER_PGDATABASE) before the C(PG*) variables,
+        so the ledger's credential and a database rollback's credential can both be attached to one AWX job.
+    type: str
+    choices: [file, postgresql]
+  ledger_table:
+    description:
+      - PostgreSQL backend, the ledger table (its heads are in C(<ledger_table>_head)). Defaults to the URL's
+        C(table) parameter, else C(governed_rollback_ledger).
+    type: str
+  ledger_create:
+    description:
+      - PostgreSQL backend, create the tables (and their append-only triggers) when they do not exist. Needs the
+        privilege to create tables, so run it once as the table owner; the jobs' role needs only C(INSERT) and
+        C(SELECT) (see O(ledger_writer_role)). With it off, a missing table fails the task naming this option.
+    type: bool
+    default: false
+  ledger_writer_role:
+    description:
+      - PostgreSQL backend with O(ledger_create=true), the role to grant C(SELECT, INSERT) on both tables (and
+        nothing else), for the AWX jobs to connect as.
+    type: str
+  s3_heads_name:
+    description:
+      - The ledger's name under C(<s3_prefix>ledger-heads/) when O(s3_bucket) mirrors its heads. Defaults to
+        O(ledger_table) for PostgreSQL and to the ledger file's name for the file backend.
+    type: str
   rollback_id:
     description:
       - Receipt identifier. Defaults to C(rollback-YYYYmmdd-HHMMSS-xxxxxx), UTC now and a random hex suffix, so
@@ -200,6 +248,9 @@ options:
       - The evidence pack, a dict with C(archive), C(archive_sha256), C(manifest) and C(manifest_sha256)
         (C(archive_path), C(manifest_path), C(evidence_manifest) are accepted too).
       - C(archive_sha256) is required when O(outcome=succeeded).
+      - When it carries C(evidence_storage) (M(governed.rollback.evidence_capture) with O(s3_bucket), directly or
+        inside C(evidence_manifest)), the receipt records it in its optional C(evidence_storage) field - the archive's
+        and manifest's object URLs and version ids, the retention mode and the retain-until date.
     type: dict
   signing:
     description:
@@ -229,7 +280,10 @@ options:
     description: Path of a public key file, in the forms O(public_key) accepts.
     type: path
   envelope_path:
-    description: Where to write the receipt's DSSE envelope. Defaults to C(<ledger directory>/<rollback_id>.intoto.jsonl).
+    description:
+      - Where to write the receipt's DSSE envelope. Defaults to C(<ledger directory>/<rollback_id>.intoto.jsonl).
+      - The PostgreSQL ledger keeps the signatures in its rows and writes an envelope file only where this option
+        says.
     type: path
   allow_unsigned:
     description:
@@ -265,6 +319,7 @@ options:
       - With O(state=verify), cross-check every receipt envelope (C(*.intoto.jsonl)) in the ledger's directory against
         the ledger. An envelope whose receipt has no entry is an erased receipt and makes the ledger invalid, as does
         an envelope that contradicts its entry or does not verify. Keep other ledgers' envelopes out of the directory.
+      - File ledger only (the PostgreSQL ledger has no directory).
     type: bool
     default: true
   append_check:
@@ -371,6 +426,28 @@ EXAMPLES = r"""
     witnesses:
       - {seq: 41, sha256: 3f5b0c1e9d4a7b2c6e8f1a0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b, name: "AWX job 5123"}
     witnesses_path: /var/lib/governed-rollback/witnesses.jsonl
+
+- name: Record a receipt in the fleet's PostgreSQL ledger, mirroring each head to a locked S3 object
+  governed.rollback.rollback_receipt:
+    ledger_backend: postgresql
+    # login_host/login_user/login_password/db from GOVERNED_ROLLBACK_LEDGER_PG* (an AWX credential injects them)
+    outcome: succeeded
+    approval: "{{ approval }}"
+    evidence: "{{ evidence }}"
+    environment: prod
+    reason: Error rate above 5% after deploy
+    current_ref: "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+    rollback_target_ref: "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+    s3_bucket: governed-rollback-evidence
+    s3_object_lock_mode: COMPLIANCE
+    s3_object_lock_days: 2555
+
+- name: Verify the PostgreSQL ledger against the newest locked head
+  governed.rollback.rollback_receipt:
+    state: verify
+    ledger: postgresql://ledger_reader@db.example.internal:5432/governed?table=governed_rollback_ledger
+    public_key_path: /etc/governed-rollback/signing.pub
+    s3_bucket: governed-rollback-evidence
 """
 
 RETURN = r"""
@@ -412,10 +489,30 @@ envelope:
   type: str
   sample: /var/lib/governed-rollback/rollback-20240115-103045.intoto.jsonl
 head:
-  description: Path of the signed head (checkpoint) file.
+  description: Path of the signed head (checkpoint) file; for PostgreSQL, the ledger's location and head table.
   returned: always
   type: str
   sample: /var/lib/governed-rollback/ledger.jsonl.head
+ledger:
+  description: The ledger's location (a PostgreSQL URL never shows a password).
+  returned: always
+  type: str
+  sample: postgresql://ledger_writer@db.example.internal:5432/governed?table=governed_rollback_ledger
+ledger_backend:
+  description: The backend used, V(file) or V(postgresql).
+  returned: always
+  type: str
+s3_head:
+  description:
+    - With O(s3_bucket), the newest locked head in object storage (C(location), C(size), C(head), C(lag) behind the
+      ledger), as O(state=verify) compared it.
+  returned: state=verify with s3_bucket
+  type: dict
+s3_head_object:
+  description:
+    - With O(s3_bucket), the locked head object this append wrote (C(url), C(key), C(version_id), C(retention)).
+  returned: state=present with s3_bucket, when an entry was appended
+  type: dict
 stats:
   description:
     - The receipt summary keyed by rollback_id, ready for C(ansible.builtin.set_stats) under
@@ -479,17 +576,18 @@ envelopes_checked:
 
 import copy
 import json
+import os
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+
+from ansible_collections.governed.rollback.plugins.module_utils import _argspec, _ledger, _ledger_pg, _pg, _s3
 
 from ansible_collections.governed.rollback.plugins.module_utils._receipt import (
     IMPORT_ERRORS,
     LedgerError,
     ReceiptError,
-    append_receipt,
     build_receipt,
-    head_path,
     load_public_key,
     load_signer,
     mask_paths,
@@ -497,7 +595,6 @@ from ansible_collections.governed.rollback.plugins.module_utils._receipt import 
     parse_witness_text,
     read_private_key_file,
     receipt_summary,
-    verify_ledger,
 )
 from ansible_collections.governed.rollback.plugins.module_utils._receipt_schema import OUTCOMES, ROLLBACK_TYPES
 
@@ -510,13 +607,18 @@ RECEIPT_FIELDS = (
 )
 STATS_KEY = "governed_rollback_receipts"
 VERIFY_RETURN = ("valid", "entries", "first_bad_entry", "bad_rollback_id", "message", "unsigned_entries",
-                 "signatures_checked", "checkpoint", "witnesses_checked", "mirror", "envelopes_checked")
+                 "signatures_checked", "checkpoint", "witnesses_checked", "mirror", "envelopes_checked", "s3_head")
 
 
 def argument_spec():
     spec = dict(
         state=dict(type="str", choices=["present", "verify"], default="present"),
-        ledger=dict(type="path", required=True),
+        ledger=dict(type="path"),
+        ledger_backend=dict(type="str", choices=list(_ledger.BACKENDS)),
+        ledger_table=dict(type="str"),
+        ledger_create=dict(type="bool", default=False),
+        ledger_writer_role=dict(type="str"),
+        s3_heads_name=dict(type="str"),
         rollback_type=dict(type="str", choices=list(ROLLBACK_TYPES)),
         outcome=dict(type="str", choices=list(OUTCOMES)),
         approved_by=dict(type="list", elements="raw"),
@@ -546,7 +648,41 @@ def argument_spec():
     )
     for name in RECEIPT_FIELDS:
         spec.setdefault(name, dict(type="str"))
+    spec = _argspec.compose(spec, _argspec.PG_CONN, _argspec.S3)
+    # The ledger's own PostgreSQL credential first, so a database rollback's PG* credential can sit beside it.
+    spec["login_host"]["fallback"] = (env_fallback, ["GOVERNED_ROLLBACK_LEDGER_PGHOST", "PGHOST"])
+    spec["login_port"]["fallback"] = (env_fallback, ["GOVERNED_ROLLBACK_LEDGER_PGPORT", "PGPORT"])
+    spec["login_user"]["fallback"] = (env_fallback, ["GOVERNED_ROLLBACK_LEDGER_PGUSER", "PGUSER"])
+    spec["login_password"]["fallback"] = (env_fallback, ["GOVERNED_ROLLBACK_LEDGER_PGPASSWORD", "PGPASSWORD"])
+    spec["db"]["fallback"] = (env_fallback, ["GOVERNED_ROLLBACK_LEDGER_PGDATABASE", "PGDATABASE"])
     return spec
+
+
+def open_backend(module):
+    """(backend, s3 heads or None) from the options; a bad combination fails naming the options."""
+    params = module.params
+    ledger = params["ledger"]
+    # A password in the URL is not an option Ansible knows to hide: register it so every output masks it.
+    module.no_log_values.update(_ledger_pg.url_secrets(ledger))
+    try:
+        backend = _ledger.open_ledger(ledger, params["ledger_backend"], params, params["ledger_table"])
+        heads = None
+        if _s3.wanted(params):
+            name = params["s3_heads_name"] or (backend.table if backend.kind == "postgresql"
+                                               else os.path.basename(backend.path))
+            heads = _s3.S3Heads(_s3.Store(params), name)
+        if backend.kind == "postgresql" and params["ledger_create"] and not module.check_mode:
+            conn = backend.connect()
+            try:
+                backend.create(conn, params["ledger_writer_role"])
+                conn.commit()
+            finally:
+                conn.close()
+    except (LedgerError, _pg.PgError, _s3.S3Error) as exc:
+        module.fail_json(msg=getattr(exc, "msg", str(exc)), changed=False)
+    except _pg.psycopg2.Error as exc:
+        module.fail_json(msg="creating the ledger tables failed: %s" % str(exc).strip(), changed=False)
+    return backend, heads
 
 
 def _read(module, path, what):
@@ -580,31 +716,35 @@ def load_keys(module):
 
 def safe_invocation(module, fields):
     """The module args echoed back with refused or masked fields hidden, so a secret is not printed either."""
-    args = dict((k, v) for k, v in module.params.items() if k not in ("signing_key",))
+    args = dict((k, v) for k, v in module.params.items()
+                if k not in ("signing_key", "login_password", "s3_secret_key", "s3_session_token"))
+    args["ledger"] = _ledger_pg.redact_url(args.get("ledger"))
     return {"module_args": mask_paths(args, fields)}
 
 
-def run_verify(module, signer, keys):
+def run_verify(module, signer, keys, backend, heads):
     if signer is not None and all(k.keyid != signer.public_key.keyid for k in keys):
         keys.append(signer.public_key)
     if not keys and not module.params["allow_unsigned"]:
         module.fail_json(msg="verifying %s needs the public key: pass public_key or public_key_path (or the signing "
                              "key), or set allow_unsigned=true to check only the chain and digests"
-                         % module.params["ledger"])
+                         % backend.location())
     params = module.params
     witnesses = list(params["witnesses"] or [])
     try:
         if params["witnesses_path"]:
             gathered = parse_witness_text(_read(module, params["witnesses_path"], "witnesses file"))
             witnesses.extend(gathered if isinstance(gathered, list) else [gathered])
-        state = verify_ledger(params["ledger"], keys or None, witnesses=witnesses, head_mirror=params["head_mirror"],
-                              envelopes=params["check_envelopes"])
-    except LedgerError as exc:
+        state = backend.verify(keys or None, witnesses=witnesses, head_mirror=params["head_mirror"],
+                               envelopes=params["check_envelopes"], s3_heads=heads)
+    except (LedgerError, _pg.PgError) as exc:
         module.fail_json(msg=exc.msg, valid=False, changed=False)
     except (IOError, OSError) as exc:
-        module.fail_json(msg="cannot read ledger %s: %s" % (params["ledger"], exc), exception=traceback.format_exc())
+        module.fail_json(msg="cannot read ledger %s: %s" % (backend.location(), exc), exception=traceback.format_exc())
     result = dict((key, state.get(key)) for key in VERIFY_RETURN)
-    result.update(changed=False, head=head_path(module.params["ledger"]))
+    if heads is None:
+        result.pop("s3_head")
+    result.update(changed=False, head=backend.head_location(), ledger=backend.location(), ledger_backend=backend.kind)
     if not state["valid"]:
         module.fail_json(msg=state["message"], **result)
     module.exit_json(**result)
@@ -641,7 +781,7 @@ def merge_receipt_fields(module, fields, given):
     return fields
 
 
-def run_present(module, signer, keys):
+def run_present(module, signer, keys, backend, heads):
     params = module.params
     if signer is None and params["signing"] == "required":
         module.fail_json(msg="signing is required but no key was given: set signing_key (or GOVERNED_ROLLBACK_SIGNING_KEY)"
@@ -657,30 +797,34 @@ def run_present(module, signer, keys):
                                 signing_required=params["signing"] == "required",
                                 keyid=signer.public_key.keyid if signer is not None else None,
                                 masked_fields=masked)
-        outcome = append_receipt(params["ledger"], receipt, signer=signer, trusted_keys=keys,
-                                 check_mode=module.check_mode, envelope_path=params["envelope_path"],
-                                 head_mirror=params["head_mirror"], verify=params["append_check"])
+        outcome = backend.append(receipt, signer=signer, trusted_keys=keys, check_mode=module.check_mode,
+                                 envelope_path=params["envelope_path"], head_mirror=params["head_mirror"],
+                                 verify=params["append_check"], s3_heads=heads)
     except ReceiptError as exc:
         module.fail_json(msg=exc.msg, fields=exc.fields,
                          invocation=safe_invocation(module, masked + (exc.fields if exc.secret else [])))
-    except LedgerError as exc:
-        module.fail_json(msg=exc.msg, first_bad_entry=exc.result.get("first_bad_entry"),
-                         bad_rollback_id=exc.result.get("bad_rollback_id"), invocation=safe_invocation(module, masked))
+    except (LedgerError, _pg.PgError) as exc:
+        module.fail_json(msg=exc.msg, first_bad_entry=getattr(exc, "result", {}).get("first_bad_entry"),
+                         bad_rollback_id=getattr(exc, "result", {}).get("bad_rollback_id"),
+                         invocation=safe_invocation(module, masked))
     except (IOError, OSError) as exc:
-        module.fail_json(msg="cannot write ledger %s: %s" % (params["ledger"], exc), exception=traceback.format_exc(),
+        module.fail_json(msg="cannot write ledger %s: %s" % (backend.location(), exc), exception=traceback.format_exc(),
                          invocation=safe_invocation(module, masked))
 
     receipt = outcome["receipt"]
     summary = receipt_summary(receipt, outcome["receipt_sha256"], outcome["ledger_seq"])
-    result = dict(outcome, stats={receipt["rollback_id"]: summary}, invocation=safe_invocation(module, masked))
+    result = dict(outcome, stats={receipt["rollback_id"]: summary}, invocation=safe_invocation(module, masked),
+                  ledger=backend.location(), ledger_backend=backend.kind)
+    if heads is not None and heads.last_put is not None:
+        result["s3_head_object"] = heads.last_put
     if not module.check_mode:
         # Returned like set_stats' own result, so Ansible records it as custom stats (AWX artifacts).
         result["ansible_stats"] = {"data": {STATS_KEY: {receipt["rollback_id"]: summary}}, "per_host": False,
                                    "aggregate": True}
     if module._diff and outcome["changed"]:
         result["diff"] = {"before": "", "after": json.dumps(receipt, indent=2, sort_keys=True) + "\n",
-                          "before_header": "%s (before)" % params["ledger"],
-                          "after_header": "%s entry %d" % (params["ledger"], outcome["ledger_seq"])}
+                          "before_header": "%s (before)" % backend.location(),
+                          "after_header": "%s entry %d" % (backend.location(), outcome["ledger_seq"])}
     module.exit_json(**result)
 
 
@@ -688,10 +832,13 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     for name in sorted(IMPORT_ERRORS):
         module.fail_json(msg=missing_required_lib(name), exception=IMPORT_ERRORS[name])
+    if not _s3.HAS_BOTO3 and _s3.wanted(module.params):
+        module.fail_json(msg=missing_required_lib("boto3"), exception=_s3.BOTO3_IMP_ERR)
     signer, keys = load_keys(module)
+    backend, heads = open_backend(module)
     if module.params["state"] == "verify":
-        run_verify(module, signer, keys)
-    run_present(module, signer, keys)
+        run_verify(module, signer, keys, backend, heads)
+    run_present(module, signer, keys, backend, heads)
 
 
 if __name__ == "__main__":

@@ -282,3 +282,19 @@ def _envelopes(value):
 def files_containing(root, needles):
     """Every (where, needle) for a needle found in a file under root (also base64-decoded DSSE payloads)."""
     return [(where, needle) for where, text in every_text(root) for needle in needles if needle in text]
+
+
+def leaked(root, needles):
+    """files_containing, less ansible-runner's own record of the environment a run was started with
+    (``artifacts/<job>/command``: the copy of what AWX injected, not something a module wrote) when the needle is in
+    its ``env`` only."""
+    found = []
+    for where, needle in files_containing(root, needles):
+        if os.path.basename(where) == "command" and \
+                os.path.basename(os.path.dirname(os.path.dirname(where))) == "artifacts":
+            with open(where) as handle:
+                launch = json.load(handle)
+            if needle not in json.dumps(dict(launch, env={})):
+                continue
+        found.append((where, needle))
+    return found

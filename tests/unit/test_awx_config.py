@@ -49,8 +49,11 @@ def test_credential_injectors_set_the_variables_the_modules_read():
     injected = set()
     for ctype in controller["controller_credential_types"]:
         injected |= set(ctype["injectors"]["env"])
-    with open(os.path.join(ROOT, "plugins", "modules", "rollback_receipt.py")) as handle:
-        receipt_source = handle.read()
+    receipt_source = ""
+    # rollback_receipt's own options, and the shared ones it composes (the S3 options, for the storage credential).
+    for path in (("plugins", "modules", "rollback_receipt.py"), ("plugins", "module_utils", "_argspec.py")):
+        with open(os.path.join(ROOT, *path)) as handle:
+            receipt_source += handle.read()
     for name in injected:
         assert re.search(r"env_fallback, \[[^\]]*['\"]%s['\"]" % name, receipt_source), name
 
