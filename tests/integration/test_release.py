@@ -14,7 +14,7 @@ from tests.sandbox_env import ROOT
 
 BIN = os.path.dirname(sys.executable)
 ALLOWED_TOP = {"MANIFEST.json", "FILES.json", "README.md", "plugins", "roles", "playbooks", "meta", "docs",
-               "changelogs", "requirements.txt", "requirements-test.txt", "constraints.txt"}
+               "changelogs", "requirements.txt", "requirements-test.txt", "requirements-nodeps.txt", "constraints.txt"}
 
 
 @pytest.fixture(scope="module")
