@@ -30,6 +30,11 @@ SHARED_STATE_FILES = {
     "tests/integration/test_snapshot_rollback.py",
     "tests/integration/test_rollback_state_playbook.py",
     "tests/integration/test_rollback_db_playbook.py",  # aureus_metadata, seed.sh --reset database
+    "tests/integration/test_verify_playbooks.py",      # seed.sh --reset; rolls the seeded aureus world back
+    "tests/integration/test_rollback_verify.py",       # the governed API answers as the live aureus world is
+    "tests/integration/test_gitops_playbook.py",       # the GitOps loop: aureus-deploy, aureus/aureus-api
+    "tests/integration/test_gitops_revert.py",
+    "tests/integration/test_gitops_freeze.py",
 }
 
 
