@@ -107,21 +107,21 @@ def main():
     header = ("entries", "generate+COPY s", "append tail ms", "append full ms", "verify s", "verify entries/s",
               "table MiB")
     print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
+    print("|" + "|".join("---" for _column in header) + "|")
     counter = [0]
     try:
         for size in sizes:
-            gen_wall, _cpu, _ = timed(lambda: grow(owner, table, signer, state, size, decision))
+            gen_wall, _cpu, _value = timed(lambda: grow(owner, table, signer, state, size, decision))
             tails, fulls = [], []
-            for _ in range(args.runs):
+            for _run in range(args.runs):
                 counter[0] += 1
-                wall, _cpu, _ = timed(lambda: ledger.append(receipt(signer, 10 ** 6 + counter[0], decision),
+                wall, _cpu, _value = timed(lambda: ledger.append(receipt(signer, 10 ** 6 + counter[0], decision),
                                                             signer=signer))
                 tails.append(wall)
             if size <= args.full_max:
-                for _ in range(args.runs):
+                for _run in range(args.runs):
                     counter[0] += 1
-                    wall, _cpu, _ = timed(lambda: ledger.append(receipt(signer, 10 ** 6 + counter[0], decision),
+                    wall, _cpu, _value = timed(lambda: ledger.append(receipt(signer, 10 ** 6 + counter[0], decision),
                                                                 signer=signer, verify="full"))
                     fulls.append(wall)
             verify_wall, _cpu, result = timed(lambda: ledger.verify([signer.public_key]))
