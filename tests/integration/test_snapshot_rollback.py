@@ -223,7 +223,8 @@ def test_a_lost_answer_to_the_restore_request_is_retried_with_the_same_key(pipel
     assert len(guard.operations(pipeline.snapshot_id)) == 1
 
 
-@pytest.mark.parametrize("token, code", [("wrong-token-" + uuid.uuid4().hex, "unauthorized"), ("auditor", "forbidden")])
+@pytest.mark.parametrize("token, code", [("wrong-token-" + uuid.uuid4().hex, "unauthorized"), ("auditor", "forbidden")],
+                         ids=["wrong-token", "read-only-token"])
 def test_a_wrong_token_or_a_read_only_one_is_refused_and_changes_nothing(pipeline, run, guard, token, code):
     before = pipeline.state()
     failed, result = run(pipeline.args(), token=token)
