@@ -116,13 +116,13 @@ def main():
             for _run in range(args.runs):
                 counter[0] += 1
                 wall, _cpu, _value = timed(lambda: ledger.append(receipt(signer, 10 ** 6 + counter[0], decision),
-                                                            signer=signer))
+                                                                 signer=signer))
                 tails.append(wall)
             if size <= args.full_max:
                 for _run in range(args.runs):
                     counter[0] += 1
                     wall, _cpu, _value = timed(lambda: ledger.append(receipt(signer, 10 ** 6 + counter[0], decision),
-                                                                signer=signer, verify="full"))
+                                                                     signer=signer, verify="full"))
                     fulls.append(wall)
             verify_wall, _cpu, result = timed(lambda: ledger.verify([signer.public_key]))
             if not result["valid"]:

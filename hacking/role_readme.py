@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Write roles/<role>/README.md for each type role from its meta/argument_specs.yml (the one source of truth).
 
 Usage: hacking/role_readme.py [ROLE...]   (all roles with an argument spec but no hand-written README by default)
