@@ -5,9 +5,6 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RVENV := .venv-release
-# pytest workers for make test: test files run in parallel, files sharing the sandbox's seeded state one after
-# another (tests/conftest.py); most of a playbook test is waiting on the platform, so more workers than cores pay.
-PYTEST_WORKERS ?= 3
 COLL_LINK := build/collections/ansible_collections/governed/rollback
 VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 ARTIFACT := build/dist/governed-rollback-$(VERSION).tar.gz
@@ -76,7 +73,7 @@ molecule: sandbox-up
 	for f in molecule/*/molecule.yml; do s=$$(basename $$(dirname $$f)); $(BIN)/molecule test -s "$$s" || exit 1; done
 
 test: collection sandbox-up
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests/unit tests/sandbox tests/integration
+	$(BIN)/pytest -q tests/unit tests/sandbox tests/integration
 	$(MAKE) --no-print-directory molecule
 	$(MAKE) --no-print-directory drill
 
