@@ -13,7 +13,7 @@ import pytest
 from tests.sandbox_env import ROOT
 
 BIN = os.path.dirname(sys.executable)
-ALLOWED_TOP = {"MANIFEST.json", "FILES.json", "README.md", "plugins", "roles", "playbooks", "meta", "docs",
+ALLOWED_TOP = {"MANIFEST.json", "FILES.json", "README.md", "CHANGELOG.rst", "plugins", "roles", "playbooks", "meta", "docs",
                "changelogs", "requirements.txt", "requirements-test.txt", "requirements-nodeps.txt", "constraints.txt"}
 
 
