@@ -20,7 +20,11 @@ for name in $(tac "$STATE/pids/order"); do
         # PostgreSQL: SIGINT is its "fast" shutdown; everything else takes SIGTERM.
         if [ "$name" = postgres ]; then kill -INT "$pid"; else kill -TERM "$pid"; fi
         for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null; sleep 0.2; fi
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -KILL "$pid" 2>/dev/null
+            # a large process (SeaweedFS) can take a moment to be torn down and reaped, more on a busy machine
+            for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        fi
         kill -0 "$pid" 2>/dev/null && left="$left $name($pid)"
         say "sandbox: stopped $name ($pid)"
     fi
