@@ -31,6 +31,7 @@ from ansible_collections.governed.rollback.plugins.module_utils._receipt import 
     GENESIS,
     LedgerError,
     ReceiptError,
+    _accept_entry,
     _bad,
     _check_entry,
     _check_head,
@@ -215,12 +216,7 @@ def verify_rows(rows, head_checkpoint, keys=None):
         problem, checked = _check_entry(entry_bytes(entry), seq, prev, keys, result["index"])
         if problem:
             return _bad(result, seq, checked or entry, "entry %d%s %s" % (seq, _named(checked or entry), problem))
-        if not entry["signatures"]:
-            result["unsigned_entries"].append(seq)
-        result["index"][entry["rollback_id"]] = seq
-        result["digests"].append((entry["receipt_sha256"], entry["entry_sha256"]))
-        prev = entry["entry_sha256"]
-        result["entries"] = seq
+        prev = _accept_entry(result, seq, entry)
     result["last_entry_sha256"] = prev
     return _check_head(result, head_checkpoint, keys)
 

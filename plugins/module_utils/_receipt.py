@@ -870,12 +870,7 @@ def verify_ledger_bytes(data, head_bytes=None, keys=None):
         problem, entry = _check_entry(line, seq, prev, keys, result["index"])
         if problem:
             return _bad(result, seq, entry, "entry %d%s %s" % (seq, _named(entry), problem))
-        if not entry["signatures"]:
-            result["unsigned_entries"].append(seq)
-        result["index"][entry["rollback_id"]] = seq
-        result["digests"].append((entry["receipt_sha256"], entry["entry_sha256"]))
-        prev = entry["entry_sha256"]
-        result["entries"] = seq
+        prev = _accept_entry(result, seq, entry)
     result["last_entry_sha256"] = prev
     if tail:
         seq = len(complete) + 1
@@ -891,6 +886,16 @@ def new_result(keys, **extra):
               "last_entry_sha256": GENESIS, "index": {}, "digests": []}
     result.update(extra)
     return result
+
+
+def _accept_entry(result, seq, entry):
+    """Record a checked entry in the verify result (index, digests, unsigned, count); return its hash (the next prev)."""
+    if not entry["signatures"]:
+        result["unsigned_entries"].append(seq)
+    result["index"][entry["rollback_id"]] = seq
+    result["digests"].append((entry["receipt_sha256"], entry["entry_sha256"]))
+    result["entries"] = seq
+    return entry["entry_sha256"]
 
 
 def _named(entry):

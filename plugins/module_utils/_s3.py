@@ -160,26 +160,27 @@ class Store(object):
             raise S3Error("bucket %s has Object Lock but no default retention: set s3_object_lock_days" % self.bucket)
         return mode, days
 
-    def find(self, key, sha256_b64):
-        """The stored version of key whose SHA256 checksum is sha256_b64 (newest first), or None."""
+    def head(self, key):
+        """The stored object's metadata with its checksum, or None when key holds nothing."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            return self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         except botocore.exceptions.ClientError as exc:
             if _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise S3Error("cannot read %s: %s" % (self.where(key), _describe(exc)))
-        if head.get("ChecksumSHA256") == sha256_b64:
+
+    def find(self, key, sha256_b64):
+        """The stored version of key whose SHA256 checksum is sha256_b64 (newest first), or None."""
+        head = self.head(key)
+        if head is not None and head.get("ChecksumSHA256") == sha256_b64:
             return head
         return None
 
     def current(self, key):
         """put's result for the object stored under key now (changed False), or None when there is none."""
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except botocore.exceptions.ClientError as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise S3Error("cannot read %s: %s" % (self.where(key), _describe(exc)))
+        head = self.head(key)
+        if head is None:
+            return None
         mode, days = self.retention_plan()
         checksum = head.get("ChecksumSHA256")
         return {"url": object_url(self.params, self.bucket, key), "uri": self.where(key), "bucket": self.bucket,
