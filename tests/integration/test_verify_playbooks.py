@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 import yaml
@@ -50,6 +52,23 @@ class World:
         assert not failed, result
         return dict((m["name"], (m["result"], m["value"])) for m in result["verification_details"]["metrics"])
 
+    def settle(self, selector, timeout=60):
+        """Until Prometheus has seen only ``selector``'s series of a PEP gauge for 10 s (its 6 s rates then measure
+        that state alone, not the transition into it): a gauge the PEP exports for the live release, config or
+        policy revision (pep_release_info{image=...}, pep_config_evidence_retention_days, ...)."""
+        name = selector.split("{")[0]
+        query = "count_over_time(%s[10s]) >= 4 unless on() changes(%s[10s]) > 0" % (selector, name)
+        if "{" in selector:  # and no sample of another label value (the release before) in those 10 s
+            query += " unless on() count_over_time(%s{%s}[10s])" % (name, _negate(selector))
+        deadline = time.time() + timeout
+        while True:
+            url = "%s/api/v1/query?%s" % (self.env["SANDBOX_PROMETHEUS_URL"], urllib.parse.urlencode({"query": query}))
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if json.loads(answer.read())["data"]["result"]:
+                    return
+            assert time.time() < deadline, "Prometheus never saw %s alone for 10 s" % selector
+            time.sleep(1)
+
     def wait_for(self, kind, result, names=None, timeout=40):
         """Until every metric of ``kind`` (or those ``names``) is ``result`` (Prometheus sees the world's state)."""
         deadline = time.time() + timeout
@@ -73,6 +92,11 @@ class World:
         return found[0]
 
 
+def _negate(selector):
+    """The label matcher of ``selector`` negated (``image="x"`` -> ``image!="x"``)."""
+    return selector.split("{", 1)[1].rstrip("}").replace("=", "!=")
+
+
 @pytest.fixture(scope="module")
 def world(sandbox_env, tmp_path_factory):
     subprocess.run([os.path.join(ROOT, "sandbox", "seed.sh"), "--reset"], check=True, capture_output=True,
@@ -85,6 +109,7 @@ def _metrics(receipt):
 
 
 def test_a_rollback_to_a_release_that_is_also_slow_fails_verification_with_failure_evidence(world):
+    world.settle('pep_release_info{image="aureus/frontend:v0.1.2"}')  # the seeded incident's release
     before = world.wait_for("deployment", "fail")
     assert before["error_rate_5xx"][1] > 0.2 and before["latency_p95_seconds"][1] > 0.25, before
     run = world.run("playbooks/rollback-deploy.yml", target_rev=1, approvals=["eng-lead"],
@@ -104,6 +129,7 @@ def test_a_rollback_to_a_release_that_is_also_slow_fails_verification_with_failu
 
 
 def test_the_deployment_rollback_brings_5xx_and_p95_back_with_the_values_in_the_receipt(world):
+    world.settle('pep_release_info{image="aureus/frontend:v0.1.0"}')
     slow = world.wait_for("deployment", "fail", names=["latency_p95_seconds"])  # v0.1.0, the scenario before
     assert slow["error_rate_5xx"] == ("pass", 0.0)  # v0.1.0 answers no 5xx: a measured baseline of 0
     baseline_at = "%.3f" % time.time()
@@ -131,6 +157,7 @@ def test_the_deployment_rollback_brings_5xx_and_p95_back_with_the_values_in_the_
 
 
 def test_the_config_rollback_makes_every_audit_record_compliant_again(world):
+    world.settle("pep_config_evidence_retention_days")
     before = world.wait_for("configuration", "fail")
     assert before["noncompliant_audit_ratio"][1] == 1.0
     run = world.run("playbooks/rollback-config.yml", rollback_id="rollback-verify-config")
@@ -142,6 +169,7 @@ def test_the_config_rollback_makes_every_audit_record_compliant_again(world):
 
 
 def test_the_policy_rollback_lets_analysts_routine_reads_through_again(world):
+    world.settle("pep_policy_revision_info")
     before = world.wait_for("policy", "fail")
     assert before["analyst_low_pii_denial_ratio"][1] == 1.0
     run = world.run("playbooks/rollback-policy.yml", rollback_id="rollback-verify-policy")
