@@ -36,6 +36,10 @@ def main(state):
         "guard_url": env["SANDBOX_GUARD_URL"],
         "guard_ca_file": env["SANDBOX_GUARD_CA_FILE"],
         "guard_token_file": env["SANDBOX_GUARD_TOKEN_FILE"],
+        # GitOps (issue 17): the forge and the config repository; the token's file, never the token.
+        "gitea_url": env.get("SANDBOX_GITEA_URL", ""),
+        "gitea_token_file": env.get("SANDBOX_GITEA_TOKEN_FILE", ""),
+        "gitops_repo_url": env.get("SANDBOX_GITOPS_REPO_URL", ""),
     }
     with open(state + "/sandbox.json", "w") as handle:
         json.dump(facts, handle, indent=2, sort_keys=True)
