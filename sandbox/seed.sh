@@ -94,7 +94,7 @@ seed_gitops() {
         gitops_git clone -q "$SANDBOX_GITOPS_REPO_URL" "$work"
         gitops_git -C "$work" push -q --force origin "$bad:refs/heads/main"
         rm -rf "$work"
-        k -n flux-system patch kustomization aureus-api --type merge -p '{"spec":{"suspend":false}}' >/dev/null 2>&1 || true
+        k -n flux-system patch kustomization aureus-api --type merge -p '{"spec":{"suspend":null}}' >/dev/null 2>&1 || true
         k -n flux-system annotate kustomization aureus-api freeze.governed.io/record- >/dev/null 2>&1 || true
     fi
     sed "s#@URL@#$SANDBOX_GITOPS_REPO_URL#" "$SEED/gitops/flux.yaml.in" | k apply -f - >/dev/null

@@ -9,13 +9,13 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 module: deploy_freeze
-short_description: Freeze or thaw deploys of a GitOps-managed workload (Flux), recording who, why, until and the incident
+short_description: Freeze or thaw deploys of a GitOps-managed workload (Flux), recording who, why, until, incident
 version_added: 0.2.0
 author: governed.rollback maintainers (@governed)
 description:
   - The KFM runbook's step 0, "freeze deploys", for the reconciler that manages the target.
   - Flux - O(state=frozen) sets C(spec.suspend=true) on the Kustomization (or any Flux object with C(spec.suspend),
-    such as an ImageUpdateAutomation, through O(api_version) and O(kind)) and records the freeze in the annotation
+    such as an ImageUpdateAutomation, through O(kind)) and records the freeze in the annotation
     C(freeze.governed.io/record) - who, why, until, the incident, when, and the previous C(spec.suspend) (or its
     absence). O(state=thawed) restores exactly what the freeze changed - C(spec.suspend) back to its previous value,
     or removed when it was absent - and removes the record.

@@ -45,9 +45,10 @@ options:
     type: str
     required: true
   repo_token:
-    description: The forge's API token; also used by git over HTTPS. Never logged.
+    description:
+      - The forge's API token; also used by git over HTTPS. Never logged.
+      - Read from E(GITOPS_TOKEN) or E(GITEA_TOKEN) when not given (what an AWX custom credential injects).
     type: str
-    fallback_env: [GITOPS_TOKEN, GITEA_TOKEN]
   forge:
     description: Which forge hosts the repository (its pull-request API).
     type: str
@@ -56,7 +57,7 @@ options:
   forge_api_url:
     description: The forge's API base URL; derived from O(repo_url) (C(<scheme>://<host>/api/v1)) when not given.
     type: str
-  validate_certs:
+  forge_validate_certs:
     description: Verify the forge's TLS certificate.
     type: bool
     default: true
@@ -266,7 +267,7 @@ def argument_spec():
         repo_token=dict(type="str", no_log=True, fallback=(env_fallback, ["GITOPS_TOKEN", "GITEA_TOKEN"])),
         forge=dict(type="str", choices=["gitea"], default="gitea"),
         forge_api_url=dict(type="str"),
-        validate_certs=dict(type="bool", default=True),
+        forge_validate_certs=dict(type="bool", default=True),
         branch=dict(type="str", default="main"),
         path=dict(type="str", required=True),
         mode=dict(type="str", choices=["revert", "pin"], default="revert"),
@@ -601,7 +602,8 @@ def main():
             raise RollbackError("repo_token is required (or GITOPS_TOKEN / GITEA_TOKEN in the environment)")
         api = KubeRest(build_api_client(module.params))
         forge = forge_for(module.params["forge"], module.params["repo_url"], module.params["repo_token"],
-                          api_url=module.params["forge_api_url"], validate_certs=module.params["validate_certs"])
+                          api_url=module.params["forge_api_url"],
+                          validate_certs=module.params["forge_validate_certs"])
         run = Run(module.params, api, forge, module.check_mode)
         result = execute(run, module.check_mode, module._diff)
     except Exception as exc:  # pylint: disable=broad-except  # anything unforeseen still ends in fail_json
