@@ -113,9 +113,11 @@ health_check() {
     curl -sf --cacert "$STATE/pki/ca.crt" "${SANDBOX_GUARD_URL:-https://127.0.0.1:1}/health" >/dev/null 2>&1 \
         || bad="$bad aureus-guard"
     # GitOps (issue 17): Gitea answers and Flux's Kustomization of aureus-api exists (an older env file: restart).
-    curl -sf "${SANDBOX_GITEA_URL:-http://127.0.0.1:1}/api/healthz" >/dev/null 2>&1 || bad="$bad gitea"
-    "$SANDBOX_KUBECTL" --cache-dir "$SANDBOX_KUBECTL_CACHE" get kustomization aureus-api -n flux-system >/dev/null 2>&1 \
-        || bad="$bad kustomize-controller"
+    if [ "${SANDBOX_GITOPS:-1}" != 0 ]; then
+        curl -sf "${SANDBOX_GITEA_URL:-http://127.0.0.1:1}/api/healthz" >/dev/null 2>&1 || bad="$bad gitea"
+        "$SANDBOX_KUBECTL" --cache-dir "$SANDBOX_KUBECTL_CACHE" get kustomization aureus-api -n flux-system \
+            >/dev/null 2>&1 || bad="$bad kustomize-controller"
+    fi
     if [ -n "$bad" ]; then
         [ -n "$quiet" ] && return 1
         for b in $bad; do

@@ -42,9 +42,9 @@ def patch(api, kind, namespace, name, body, dry_run=False):
 def source_of(api, kustomization):
     ref = (kustomization.get("spec") or {}).get("sourceRef") or {}
     if ref.get("kind") != "GitRepository":
-        raise Refused("Kustomization %s/%s reconciles from a %s, not a GitRepository; a git rollback cannot "
-                              "change it" % (kustomization["metadata"]["namespace"], kustomization["metadata"]["name"],
-                                             ref.get("kind")), "not_reconciled")
+        meta = kustomization["metadata"]
+        raise Refused("Kustomization %s/%s reconciles from a %s, not a GitRepository; a git rollback cannot change it"
+                      % (meta["namespace"], meta["name"], ref.get("kind")), "not_reconciled")
     return get(api, "GitRepository", ref.get("namespace") or kustomization["metadata"]["namespace"], ref["name"])
 
 

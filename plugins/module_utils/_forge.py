@@ -131,8 +131,8 @@ class GiteaForge(Forge):
             except Exception:  # pylint: disable=broad-except
                 raw = b""
         except (URLError, OSError, ValueError) as exc:
-            raise ForgeError("the forge (%s) cannot be reached for %s %s: %s" % (self.name, method, path,
-                                                                               redact_text(str(exc), [self.token])))
+            raise ForgeError("the forge (%s) cannot be reached for %s %s: %s"
+                             % (self.name, method, path, redact_text(str(exc), [self.token])))
         text = raw.decode("utf-8", "replace") if raw else ""
         if status not in expect:
             detail = text
@@ -227,7 +227,7 @@ class GiteaForge(Forge):
 
     def delete_branch(self, name):
         try:
-            self._request("DELETE", self._repo_path("/branches/%s" % quote(name, safe="")), expect=(204, 200))
+            self._request("DELETE", self._repo_path("/branches/%s" % quote(name, safe="/")), expect=(204, 200))
         except ForgeError as error:
             if error.status != 404:
                 raise

@@ -314,8 +314,8 @@ def check_reconciled_from(repo_url, branch, path, gitrepository, kustomization):
                                                           normalize_repo_url(spec.get("url"))), "not_reconciled")
     ref = spec.get("ref") or {}
     if ref.get("branch", "master" if not ref else None) != branch:
-        raise Refused("%s follows %s, not branch %s; nothing was changed" % (where, ref or "its default branch",
-                                                                            branch), "not_reconciled")
+        raise Refused("%s follows %s, not branch %s; nothing was changed"
+                      % (where, ref or "its default branch", branch), "not_reconciled")
     kpath = ((kustomization.get("spec") or {}).get("path") or "./").strip()
     if kpath.lstrip("./").rstrip("/") != (path or "").lstrip("./").rstrip("/"):
         raise Refused("Kustomization %s/%s applies path %s, not %s; nothing was changed"

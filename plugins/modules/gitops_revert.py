@@ -327,8 +327,8 @@ class Run(object):
             text = clone.show(sha, rel)
             if text is not None:
                 return rel, text
-        raise Refused("%s has no kustomization.yaml at %s on %s; check path" % (self.path, sha[:12],
-                                                                              self.p["branch"]), "not_found")
+        raise Refused("%s has no kustomization.yaml at %s on %s; check path"
+                      % (self.path, sha[:12], self.p["branch"]), "not_found")
 
     def workload_ref(self, entry):
         kind = self.p["workload_kind"]
@@ -402,9 +402,8 @@ class Run(object):
             conflicts = clone.revert(reverted)
             if conflicts:
                 raise Refused("reverting %s conflicts with later changes on %s (%s); nothing was pushed. Revert it by "
-                              "hand, or pin last_good_ref with mode=pin" % (reverted[:12], p["branch"],
-                                                                           ", ".join(conflicts)), "conflict",
-                              conflicts=conflicts)
+                              "hand, or pin last_good_ref with mode=pin"
+                              % (reverted[:12], p["branch"], ", ".join(conflicts)), "conflict", conflicts=conflicts)
             with open(os.path.join(clone.dir, rel)) as handle:
                 after = _gitops.select_image(_gitops.parse_images(handle.read()), entry["name"], rel)
             if target_digest and after.get("digest") != target_digest:
@@ -526,8 +525,8 @@ class Run(object):
                 pr["number"], "merge=false" if not p["merge"] else "the approval does not allow a merge"))
             return
         self.forge.comment(pr["number"], _gitops.approval_comment(p["approval"]))
-        merge_sha = self.forge.merge(pr["number"], "Merge rollback of %s for %s" % (self.component,
-                                                                                   p["incident_id"]))
+        merge_sha = self.forge.merge(pr["number"],
+                                     "Merge rollback of %s for %s" % (self.component, p["incident_id"]))
         pr = dict(pr, merged=True, merge_sha=merge_sha, state="closed")
         self.result.update(pull_request=pr, merge_sha=merge_sha)
         target = dict(target, sha=merge_sha)
