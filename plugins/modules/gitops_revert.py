@@ -303,6 +303,7 @@ class Run(object):
         self.warnings = []
         self.pushed = False
         self.open_pr = None
+        self.message = None
 
     # ---- reading the world
     def read_reconciler(self):
@@ -442,6 +443,7 @@ class Run(object):
                           binding)
         message = _gitops.commit_message(p["mode"], self.component, p["incident_id"], p["reason"], p["actor"],
                                          current, target, reverted, p["rollback_id"])
+        self.message = message
         clone.commit_all(message)
         diff = clone.diff(head)
         pr = _gitops.pull_request(p["mode"], self.component, p["incident_id"], p["reason"], p["actor"], current,
@@ -525,8 +527,9 @@ class Run(object):
                 pr["number"], "merge=false" if not p["merge"] else "the approval does not allow a merge"))
             return
         self.forge.comment(pr["number"], _gitops.approval_comment(p["approval"]))
-        merge_sha = self.forge.merge(pr["number"],
-                                     "Merge rollback of %s for %s" % (self.component, p["incident_id"]))
+        # The merge commit on the branch carries the rollback's message and trailers too (first-parent history).
+        merge_sha = self.forge.merge(pr["number"], "Merge rollback of %s for %s (#%s)\n\n%s"
+                                     % (self.component, p["incident_id"], pr["number"], self.message or ""))
         pr = dict(pr, merged=True, merge_sha=merge_sha, state="closed")
         self.result.update(pull_request=pr, merge_sha=merge_sha)
         target = dict(target, sha=merge_sha)
