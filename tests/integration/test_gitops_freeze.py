@@ -62,8 +62,8 @@ def test_freeze_and_thaw_round_trip_restores_the_exact_previous_spec(previous, k
     assert not freeze(tmp_path, "thaw-again", sandbox_env, state="thawed")["changed"]
 
 
-def test_a_freeze_of_an_object_someone_else_suspended_keeps_it_suspended_on_thaw(kust, kubectl, sandbox_env,
-                                                                                  tmp_path):
+def test_a_freeze_of_an_object_someone_else_suspended_keeps_it_suspended_on_thaw(
+        kust, kubectl, sandbox_env, tmp_path):
     kubectl("patch", "kustomization", g.KUSTOMIZATION, "-n", g.FLUX_NS, "--type", "merge", "-p",
             '{"spec":{"suspend":true}}')
     frozen = freeze(tmp_path, "freeze", sandbox_env)

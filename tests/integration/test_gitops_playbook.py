@@ -54,8 +54,8 @@ def rolled_back(forge, tmp_path_factory):
     g.reset()
 
 
-def test_the_api_runs_the_last_good_digest_main_holds_the_revert_and_the_freeze_is_recorded(rolled_back, forge,
-                                                                                           kubectl):
+def test_the_api_runs_the_last_good_digest_main_holds_the_revert_and_the_freeze_is_recorded(
+        rolled_back, forge, kubectl):
     incident, first, _second, state = rolled_back
     assert first.status == "successful", first.explain()
     assert g.deployed_image(kubectl) == g.GOOD
@@ -108,8 +108,8 @@ def test_the_forge_token_is_in_no_artifact_and_no_verbose_output(rolled_back, fo
     assert pb.files_containing(incident.workdir, [token]) == []
 
 
-def test_the_forge_going_down_mid_run_gives_a_failed_receipt_and_nothing_merged(forge, kubectl, sandbox_env,
-                                                                               tmp_path):
+def test_the_forge_going_down_mid_run_gives_a_failed_receipt_and_nothing_merged(
+        forge, kubectl, sandbox_env, tmp_path):
     g.reset()
     before = forge.snapshot()
     with open(os.path.join(sandbox_env.get("SANDBOX_STATE") or os.path.join(pb.ROOT, ".sandbox"), "pids",

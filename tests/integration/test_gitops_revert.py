@@ -58,8 +58,9 @@ def test_check_mode_returns_the_diff_and_the_pull_request_and_pushes_nothing(inc
 
 def test_revert_merges_through_a_pull_request_and_flux_rolls_the_api_back_then_a_second_run_opens_none(
         incident, forge, kubectl, sandbox_env, tmp_path):
-    args = g.module_args(sandbox_env, approval={"approved": True, "rule": "deployment_last",
-                                                 "approval_path": "auto_approval", "requested_by": "oncall"})
+    approval = {"approved": True, "rule": "deployment_last", "approval_path": "auto_approval",
+                "requested_by": "oncall"}
+    args = g.module_args(sandbox_env, approval=approval)
     failed, plan, _out = run(tmp_path, "plan", args, check=True)
     assert not failed, plan.get("msg")
     failed, result, _out = run(tmp_path, "act", dict(args, expected_binding=plan["binding"]))

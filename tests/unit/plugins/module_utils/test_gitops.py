@@ -179,8 +179,8 @@ def test_reconcile_progress_is_ready_only_at_the_merge_commit():
 def test_pods_on_image_judges_each_pod_by_its_spec():
     pods = [{"metadata": {"name": "p1"}, "spec": {"containers": [{"name": "api", "image": "i@" + GOOD}]},
              "status": {"conditions": [{"type": "Ready", "status": "True"}]}},
-            {"metadata": {"name": "p2", "deletionTimestamp": "x"}, "spec": {"containers": [{"name": "api",
-                                                                                             "image": "i@" + BAD}]}},
+            {"metadata": {"name": "p2", "deletionTimestamp": "x"},
+             "spec": {"containers": [{"name": "api", "image": "i@" + BAD}]}},
             {"metadata": {"name": "p3"}, "spec": {"containers": [{"name": "api", "image": "i@" + BAD}]}}]
     summary = _gitops.pods_on_image(pods, "api", "i@" + GOOD)
     assert [(p["name"], p["ready"], p["on_target"]) for p in summary] == [("p1", True, True), ("p3", False, False)]
@@ -223,8 +223,8 @@ def test_argocd_freeze_adds_a_deny_window_and_disables_auto_sync_then_thaw_resto
     other_window = {"kind": "allow", "schedule": "0 9 * * *", "duration": "8h", "applications": ["*"]}
     project = {"metadata": {"name": "aureus"}, "spec": {"syncWindows": [other_window]}}
     automated = {"prune": True, "selfHeal": True}
-    app = {"metadata": {"name": "aureus-api"}, "spec": {"syncPolicy": {"automated": automated,
-                                                                      "syncOptions": ["CreateNamespace=true"]}}}
+    sync_policy = {"automated": automated, "syncOptions": ["CreateNamespace=true"]}
+    app = {"metadata": {"name": "aureus-api"}, "spec": {"syncPolicy": sync_policy}}
     project_patch, app_patch = _gitops.argocd_freeze_patches(project, app, "sre", "rollback", None, "INC-1", "now")
     frozen_project = _gitops.apply_merge_patch(project, project_patch)
     frozen_app = _gitops.apply_merge_patch(app, app_patch)
@@ -236,7 +236,7 @@ def test_argocd_freeze_adds_a_deny_window_and_disables_auto_sync_then_thaw_resto
         "automated": automated}
     assert _gitops.argocd_freeze_patches(frozen_project, frozen_app, "sre", "x", None, "INC-1", "n") == (None, None)
     thaw_project, thaw_app = _gitops.argocd_thaw_patches(frozen_project, frozen_app)
-    assert _gitops.apply_merge_patch(frozen_project, thaw_project) == dict(project, metadata={"name": "aureus",
-                                                                                            "annotations": {}})
-    assert _gitops.apply_merge_patch(frozen_app, thaw_app) == dict(app, metadata={"name": "aureus-api",
-                                                                                  "annotations": {}})
+    thawed_project = dict(project, metadata={"name": "aureus", "annotations": {}})
+    assert _gitops.apply_merge_patch(frozen_project, thaw_project) == thawed_project
+    thawed_app = dict(app, metadata={"name": "aureus-api", "annotations": {}})
+    assert _gitops.apply_merge_patch(frozen_app, thaw_app) == thawed_app
