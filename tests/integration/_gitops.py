@@ -116,6 +116,19 @@ def kustomization(kubectl):
     return get(kubectl, "kustomization", FLUX_NS, KUSTOMIZATION)
 
 
+def settled(kubectl, timeout=60):
+    """Wait until kustomize-controller has reconciled the Kustomization's current generation (its status write
+    changes resourceVersion, so a test comparing resourceVersions starts after it)."""
+    def done():
+        live = kustomization(kubectl)
+        generation = live["metadata"]["generation"]
+        status = live.get("status", {})
+        ready = [c for c in status.get("conditions", []) if c["type"] == "Ready"]
+        return (status.get("observedGeneration") == generation and ready
+                and ready[0].get("observedGeneration") == generation and ready[0]["status"] != "Unknown")
+    wait_until(done, timeout=timeout, what="kustomize-controller to reconcile %s's generation" % KUSTOMIZATION)
+
+
 def reconcile_to(kubectl, sha, timeout=90):
     """Request a reconcile and wait until Flux applied ``sha`` (the test's own pushes)."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + str(time.time())

@@ -35,6 +35,7 @@ def test_freeze_and_thaw_round_trip_restores_the_exact_previous_spec(previous, k
     if previous is not None:
         kubectl("patch", "kustomization", g.KUSTOMIZATION, "-n", g.FLUX_NS, "--type", "merge", "-p",
                 json.dumps({"spec": {"suspend": previous}}))
+        g.settled(kubectl)
     original = g.kustomization(kubectl)
     annotations = original["metadata"].get("annotations", {})
 
