@@ -52,6 +52,7 @@ gitops_release() {  # DIR VERSION MESSAGE DATE: one release commit setting aureu
 }
 flux_reconcile() {  # ask Flux to reconcile now (what `flux reconcile` does)
     local now; now=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+    RECONCILE_AT=$now
     k -n flux-system annotate --overwrite gitrepository/aureus-deploy "reconcile.fluxcd.io/requestedAt=$now" >/dev/null
     k -n flux-system annotate --overwrite kustomization/aureus-api "reconcile.fluxcd.io/requestedAt=$now" >/dev/null
 }
@@ -103,7 +104,11 @@ seed_gitops() {
     for _ in $(seq 1 240); do
         if [ "$(k -n flux-system get gitrepository aureus-deploy -o jsonpath='{.status.artifact.revision}' 2>/dev/null)" = "main@sha1:$bad" ] \
            && [ "$(k -n aureus get deployment aureus-api -o jsonpath='{.spec.template.spec.containers[0].image}' 2>/dev/null)" = "$want" ] \
-           && k -n aureus rollout status deployment/aureus-api --timeout=1s >/dev/null 2>&1; then
+           && k -n aureus rollout status deployment/aureus-api --timeout=1s >/dev/null 2>&1 \
+           && [ "$(k -n flux-system get gitrepository aureus-deploy -o jsonpath='{.status.lastHandledReconcileAt}' 2>/dev/null)" = "$RECONCILE_AT" ] \
+           && [ "$(k -n flux-system get kustomization aureus-api -o jsonpath='{.status.lastHandledReconcileAt} {.status.lastAppliedRevision} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Reconciling")].status}' 2>/dev/null)" = "$RECONCILE_AT main@sha1:$bad True " ]; then
+            # Flux has settled too: both objects handled this reset's reconcile request, the Kustomization is Ready
+            # at the bad release and no longer reconciling, so no status write of this reset is still to come
             return 0
         fi
         sleep 0.5

@@ -124,18 +124,36 @@ def settled(kubectl, timeout=60):
         generation = live["metadata"]["generation"]
         status = live.get("status", {})
         ready = [c for c in status.get("conditions", []) if c["type"] == "Ready"]
+        reconciling = [c for c in status.get("conditions", []) if c["type"] == "Reconciling"]
         return (status.get("observedGeneration") == generation and ready
-                and ready[0].get("observedGeneration") == generation and ready[0]["status"] != "Unknown")
+                and ready[0].get("observedGeneration") == generation and ready[0]["status"] != "Unknown"
+                and not any(c["status"] == "True" for c in reconciling))
     wait_until(done, timeout=timeout, what="kustomize-controller to reconcile %s's generation" % KUSTOMIZATION)
 
 
 def reconcile_to(kubectl, sha, timeout=90):
-    """Request a reconcile and wait until Flux applied ``sha`` (the test's own pushes)."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + str(time.time())
-    for kind, name in (("gitrepository", GITREPOSITORY), ("kustomization", KUSTOMIZATION)):
+    """Request a reconcile and wait until Flux applied ``sha`` (the test's own pushes) and settled: the source first
+    (its new artifact triggers a Kustomization reconcile of its own), then the Kustomization, so no status write of
+    this reconcile is still to come when the test takes its baseline."""
+    def request(kind, name):
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + str(time.time())
         kubectl("annotate", "--overwrite", "-n", FLUX_NS, kind, name, "reconcile.fluxcd.io/requestedAt=" + now)
-    wait_until(lambda: kustomization(kubectl).get("status", {}).get("lastAppliedRevision", "").endswith(sha),
-               timeout=timeout, what="Flux to apply %s" % sha)
+        return now
+
+    def fetched():
+        status = get(kubectl, "gitrepository", FLUX_NS, GITREPOSITORY).get("status", {})
+        return (status.get("lastHandledReconcileAt") == asked
+                and (status.get("artifact") or {}).get("revision", "").endswith(sha))
+
+    def applied():
+        status = kustomization(kubectl).get("status", {})
+        return status.get("lastHandledReconcileAt") == asked and status.get("lastAppliedRevision", "").endswith(sha)
+
+    asked = request("gitrepository", GITREPOSITORY)
+    wait_until(fetched, timeout=timeout, what="Flux to fetch %s" % sha)
+    asked = request("kustomization", KUSTOMIZATION)
+    wait_until(applied, timeout=timeout, what="Flux to apply %s" % sha)
+    settled(kubectl, timeout=timeout)
 
 
 def module_args(env, **extra):

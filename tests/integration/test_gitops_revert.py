@@ -143,20 +143,22 @@ def test_refusals_change_nothing(case, incident, forge, kubectl, sandbox_env, tm
     before, rv = forge.snapshot(), g.kustomization(kubectl)["metadata"]["resourceVersion"]
     try:
         failed, result, _out = run(tmp_path, case, args)
+        assert failed and result["refused"] == case, result
+        assert "nothing was changed" in result["msg"]
+        # checked before the source resumes: resuming it lets Flux fetch and apply the test's own commit
+        assert_nothing_pushed(forge, kubectl, before, rv)
     finally:
         kubectl("patch", "gitrepository", g.GITREPOSITORY, "-n", g.FLUX_NS, "--type", "merge", "-p",
                 '{"spec":{"suspend":null}}')
-    assert failed and result["refused"] == case, result
-    assert "nothing was changed" in result["msg"]
-    assert_nothing_pushed(forge, kubectl, before, rv)
 
 
 def test_a_reconcile_that_never_becomes_ready_fails_at_the_deadline_with_evidence(
         incident, forge, kubectl, sandbox_env, tmp_path):
     # A health check on an object that never appears: the Kustomization cannot become Ready at any revision.
+    # Flux ignores spec.healthChecks while spec.wait is true (the sandbox's setting), so the patch turns wait off.
     kubectl("patch", "kustomization", g.KUSTOMIZATION, "-n", g.FLUX_NS, "--type", "merge", "-p", json.dumps(
-        {"spec": {"healthChecks": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "aureus-never",
-                                    "namespace": "aureus"}]}}))
+        {"spec": {"wait": False, "healthChecks": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                                   "name": "aureus-never", "namespace": "aureus"}]}}))
     args = g.module_args(sandbox_env, mode="pin", wait_timeout=20,
                          approval={"approved": True, "rule": "deployment_last"})
     failed, result, _out = run(tmp_path, "stuck", args)
