@@ -74,6 +74,39 @@ go_build_seaweedfs() (
     cd "$work/src" && go build -trimpath -ldflags "-s -w" -o "$SEAWEEDFS_BIN/weed" ./weed
 )
 
+# ---- gitops (issue 17)
+# Flux's controllers carry `replace` lines, so `go install` refuses them: each builds through a wrapper module
+# (sandbox/tools/flux-*) holding those lines and a `tool` directive for the controller's main package.
+go_build_flux() (  # $1 wrapper directory, $2 main package, $3 binary name
+    cd "$HERE/tools/$1" && go build -trimpath -ldflags "-s -w" -o "$FLUX_BIN/$3" "$2"
+)
+
+flux_crds() {  # the CRDs ship in the modules; keep a copy next to the binaries for sandbox/up.sh
+    local mod; mod="$(go env GOMODCACHE)/github.com/fluxcd"
+    mkdir -p "$FLUX_BIN/crds"
+    cp "$mod/source-controller@$FLUX_VERSION"/config/crd/bases/*.yaml \
+        "$mod/kustomize-controller@$FLUX_VERSION"/config/crd/bases/*.yaml "$FLUX_BIN/crds/"
+    chmod -R u+w "$FLUX_BIN/crds"
+}
+
+build_flux() {
+    go_build_flux flux-source github.com/fluxcd/source-controller source-controller || return 1
+    go_build_flux flux-kustomize github.com/fluxcd/kustomize-controller kustomize-controller || return 1
+    (cd "$HERE/tools/flux-source" && go mod download github.com/fluxcd/source-controller) || return 1
+    (cd "$HERE/tools/flux-kustomize" && go mod download github.com/fluxcd/kustomize-controller) || return 1
+    flux_crds
+}
+
+# Gitea's go.mod has replace lines too and its templates/translations are read from the source tree at run time:
+# copy the module source into the cache (it stays there as STATIC_ROOT_PATH) and build it in place. SQLite needs cgo.
+build_gitea() (
+    src="$(go env GOMODCACHE)/code.gitea.io/gitea@$GITEA_VERSION"
+    [ -d "$src" ] || go mod download "code.gitea.io/gitea@$GITEA_VERSION" || exit 1
+    rm -rf "$GITEA_DIR/src" && mkdir -p "$GITEA_DIR" && cp -r "$src" "$GITEA_DIR/src" && chmod -R u+w "$GITEA_DIR/src"
+    cd "$GITEA_DIR/src" && go mod download && CGO_ENABLED=1 go build -trimpath -tags 'sqlite sqlite_unlock_notify' \
+        -ldflags "-s -w -X main.Version=${GITEA_VERSION#v}" -o "$GITEA_BIN/gitea" .
+)
+
 # Flyway's command line without its tarball: a pom-packaging project whose dependencies are the CLI's jar (its own
 # dependencies excluded), flyway-core, the PostgreSQL module and driver, and what the CLI needs at run time.
 fetch_flyway() (
@@ -120,4 +153,12 @@ build opa "$OPA_BIN" "github.com/open-policy-agent/opa@$OPA_VERSION" \
 build prometheus "$PROMETHEUS_BIN" "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" \
     go_install_tags remove_all_sd "$PROMETHEUS_BIN" "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
 build seaweedfs "$SEAWEEDFS_BIN" "github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION" go_build_seaweedfs
+# ---- gitops (issue 17)
+if [ "${SANDBOX_GITOPS:-1}" != 0 ]; then
+    [ -f "$FLUX_BIN/.complete" ] && [ -f "$GITEA_BIN/.complete" ] \
+        || echo "sandbox build: Flux's controllers and Gitea take ~10 min cold on 2 cores"
+    build "flux source-controller and kustomize-controller" "$FLUX_BIN" \
+        "github.com/fluxcd/source-controller@$FLUX_VERSION" build_flux
+    build gitea "$GITEA_BIN" "code.gitea.io/gitea@$GITEA_VERSION" build_gitea
+fi
 echo "sandbox build: ready in $(( $(date +%s) - start ))s (cache: $CACHE, $(du -sh "$CACHE" 2>/dev/null | cut -f1))"

@@ -12,6 +12,13 @@ if [ ! -f "$STATE/pids/order" ]; then
     rm -f "$STATE/env"
     exit 0
 fi
+# GitOps (issue 17): delete Flux's objects while its controllers still run, so their finalizers complete.
+if [ -f "$STATE/pids/kustomize-controller.pid" ] && kill -0 "$(cat "$STATE/pids/kustomize-controller.pid")" 2>/dev/null \
+   && [ -x "$K8S_BIN/kubectl" ] && [ -f "$STATE/kubeconfig" ]; then
+    KUBECONFIG=$STATE/kubeconfig timeout 30 "$K8S_BIN/kubectl" --cache-dir "$STATE/kcache" -n flux-system delete \
+        kustomizations.kustomize.toolkit.fluxcd.io,gitrepositories.source.toolkit.fluxcd.io --all --wait=true \
+        --timeout=25s >/dev/null 2>&1 || say "sandbox: Flux objects not deleted cleanly (stopping anyway)"
+fi
 left=""
 for name in $(tac "$STATE/pids/order"); do
     pid=$(cat "$STATE/pids/$name.pid" 2>/dev/null) || continue

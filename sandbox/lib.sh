@@ -116,6 +116,12 @@ health_check() {
     curl -sf "${SANDBOX_PEP_URL:-http://127.0.0.1:1}/health" >/dev/null 2>&1 || bad="$bad pep"
     curl -sf "${SANDBOX_PROMETHEUS_URL:-http://127.0.0.1:1}/-/ready" >/dev/null 2>&1 || bad="$bad prometheus"
     curl -sf "${SANDBOX_S3_ENDPOINT_URL:-http://127.0.0.1:1}/healthz" >/dev/null 2>&1 || bad="$bad seaweedfs"
+    # GitOps (issue 17): Gitea answers and Flux's Kustomization of aureus-api exists (an older env file: restart).
+    if [ "${SANDBOX_GITOPS:-1}" != 0 ]; then
+        curl -sf "${SANDBOX_GITEA_URL:-http://127.0.0.1:1}/api/healthz" >/dev/null 2>&1 || bad="$bad gitea"
+        "$SANDBOX_KUBECTL" --cache-dir "$SANDBOX_KUBECTL_CACHE" get kustomization aureus-api -n flux-system \
+            >/dev/null 2>&1 || bad="$bad kustomize-controller"
+    fi
     if [ -n "$bad" ]; then
         [ -n "$quiet" ] && return 1
         for b in $bad; do

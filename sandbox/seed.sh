@@ -5,7 +5,7 @@
 # credit_risk_pipeline_v2 corrupted with its good snapshot),
 # so drills are repeatable. `seed.sh --reset guard` resets and seeds AUREUS Guard only (a second, not minutes);
 # `seed.sh --reset database` resets the database aureus_metadata only; `seed.sh --reset config` the config history of
-# aureus-config only.
+# aureus-config only; `seed.sh --reset gitops` the GitOps loop of aureus-api only (the bad release back through git).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=sandbox/versions.sh
@@ -28,6 +28,100 @@ if [ ! -f "$STATE/canaries.env" ]; then
 fi
 # shellcheck disable=SC1091
 . "$STATE/canaries.env"
+
+# ---- GitOps: the config repository aureus-deploy in Gitea, reconciled by Flux (gitops rollback) -----------------
+# History of apps/aureus-api: the base manifests, release v1.4.0 (last known good), release v1.5.0 (the bad one),
+# each release setting the image digest in the Kustomization's images:. --reset puts the bad release back through
+# git only: open rollback pull requests closed, ops/rollback-* branches deleted, main force-pushed to the seeded bad
+# release commit, a freeze lifted, and a reconcile requested; the cluster's workload is never edited.
+# `seed.sh --reset gitops` does this block alone.
+gitops_digest() { printf 'sha256:%s' "$(printf 'aureus/api:%s' "$1" | sha256sum | cut -d' ' -f1)"; }
+gitea_api() {  # METHOD PATH [JSON]: the Gitea API with the token read from its 0600 header file
+    curl -sf -X "$1" -H @"$SANDBOX_GITEA_AUTH_HEADER_FILE" -H 'Content-Type: application/json' \
+        ${3:+--data "$3"} "$SANDBOX_GITEA_URL/api/v1$2"
+}
+gitops_git() {  # git with the forge's credentials in a 0600 config file (GIT_CONFIG_GLOBAL), never on argv
+    GIT_CONFIG_GLOBAL=$STATE/gitops/gitconfig GIT_CONFIG_NOSYSTEM=1 GIT_TERMINAL_PROMPT=0 git "$@"
+}
+gitops_release() {  # DIR VERSION MESSAGE DATE: one release commit setting aureus-api's image digest
+    sed "s#@DIGEST@#$(gitops_digest "$2")#" "$SEED/gitops/repo/apps/aureus-api/kustomization.yaml.in" \
+        >"$1/apps/aureus-api/kustomization.yaml"
+    gitops_git -C "$1" add -A
+    GIT_AUTHOR_DATE=$4 GIT_COMMITTER_DATE=$4 gitops_git -C "$1" -c user.name="Release Pipeline" \
+        -c user.email=release@aureus.example commit -q -m "$3"
+}
+flux_reconcile() {  # ask Flux to reconcile now (what `flux reconcile` does)
+    local now; now=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+    RECONCILE_AT=$now
+    k -n flux-system annotate --overwrite gitrepository/aureus-deploy "reconcile.fluxcd.io/requestedAt=$now" >/dev/null
+    k -n flux-system annotate --overwrite kustomization/aureus-api "reconcile.fluxcd.io/requestedAt=$now" >/dev/null
+}
+seed_gitops() {
+    local gs=$STATE/gitops work bad owner=$SANDBOX_GITEA_USER
+    install -d -m 700 "$gs"
+    printf '[http]\n\textraHeader = Authorization: Basic %s\n' \
+        "$(printf '%s:%s' "$owner" "$(cat "$SANDBOX_GITEA_TOKEN_FILE")" | base64 -w0)" >"$gs/gitconfig"
+    chmod 600 "$gs/gitconfig"
+    k apply -f "$SEED/aureus-namespace.yaml" >/dev/null
+    if ! gitea_api GET "/repos/$owner/aureus-deploy" >/dev/null 2>&1; then
+        gitea_api POST /user/repos '{"name":"aureus-deploy","default_branch":"main","private":false,"description":"Desired state of the AUREUS platform (Flux)"}' >/dev/null
+        work=$(mktemp -d)
+        cp -r "$SEED/gitops/repo/." "$work/" && rm "$work/apps/aureus-api/kustomization.yaml.in"
+        gitops_git -C "$work" init -q -b main
+        sed "s#@DIGEST@#$(gitops_digest v1.3.0)#" "$SEED/gitops/repo/apps/aureus-api/kustomization.yaml.in" \
+            >"$work/apps/aureus-api/kustomization.yaml"
+        gitops_git -C "$work" add -A
+        GIT_AUTHOR_DATE=2026-11-01T09:00:00Z GIT_COMMITTER_DATE=2026-11-01T09:00:00Z gitops_git -C "$work" \
+            -c user.name="Platform Team" -c user.email=platform@aureus.example commit -q -m "aureus-api: base manifests, release v1.3.0"
+        gitops_release "$work" v1.4.0 "release: aureus-api v1.4.0" 2026-11-10T09:00:00Z
+        gitops_release "$work" v1.5.0 "release: aureus-api v1.5.0" 2026-11-20T09:00:00Z
+        gitops_git -C "$work" push -q "$SANDBOX_GITOPS_REPO_URL" main
+        gitops_git -C "$work" rev-parse HEAD~1 >"$gs/good.sha"
+        gitops_git -C "$work" rev-parse HEAD >"$gs/bad.sha"
+        rm -rf "$work"
+    fi
+    bad=$(cat "$gs/bad.sha")
+    if [ "$RESET" = --reset ]; then
+        # rollback pull requests and branches a drill left, then main back to the bad release
+        for n in $(gitea_api GET "/repos/$owner/aureus-deploy/pulls?state=open&limit=50" \
+                   | python3 -c 'import json,sys; print(" ".join(str(p["number"]) for p in json.load(sys.stdin)))'); do
+            gitea_api PATCH "/repos/$owner/aureus-deploy/pulls/$n" '{"state":"closed"}' >/dev/null
+        done
+        for b in $(gitea_api GET "/repos/$owner/aureus-deploy/branches?limit=100" \
+                   | python3 -c 'import json,sys; print(" ".join(b["name"] for b in json.load(sys.stdin) if b["name"].startswith("ops/")))'); do
+            gitea_api DELETE "/repos/$owner/aureus-deploy/branches/$b" >/dev/null
+        done
+        work=$(mktemp -d)
+        gitops_git clone -q "$SANDBOX_GITOPS_REPO_URL" "$work"
+        gitops_git -C "$work" push -q --force origin "$bad:refs/heads/main"
+        rm -rf "$work"
+        k -n flux-system patch kustomization aureus-api --type merge -p '{"spec":{"suspend":null}}' >/dev/null 2>&1 || true
+        k -n flux-system annotate kustomization aureus-api freeze.governed.io/record- >/dev/null 2>&1 || true
+    fi
+    sed "s#@URL@#$SANDBOX_GITOPS_REPO_URL#" "$SEED/gitops/flux.yaml.in" | k apply -f - >/dev/null
+    flux_reconcile
+    local want; want="aureus/api@$(gitops_digest v1.5.0)"
+    for _ in $(seq 1 240); do
+        if [ "$(k -n flux-system get gitrepository aureus-deploy -o jsonpath='{.status.artifact.revision}' 2>/dev/null)" = "main@sha1:$bad" ] \
+           && [ "$(k -n aureus get deployment aureus-api -o jsonpath='{.spec.template.spec.containers[0].image}' 2>/dev/null)" = "$want" ] \
+           && k -n aureus rollout status deployment/aureus-api --timeout=1s >/dev/null 2>&1 \
+           && [ "$(k -n flux-system get gitrepository aureus-deploy -o jsonpath='{.status.lastHandledReconcileAt}' 2>/dev/null)" = "$RECONCILE_AT" ] \
+           && [ "$(k -n flux-system get kustomization aureus-api -o jsonpath='{.status.lastHandledReconcileAt} {.status.lastAppliedRevision} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Reconciling")].status}' 2>/dev/null)" = "$RECONCILE_AT main@sha1:$bad True " ]; then
+            # Flux has settled too: both objects handled this reset's reconcile request, the Kustomization is Ready
+            # at the bad release and no longer reconciling, so no status write of this reset is still to come
+            return 0
+        fi
+        sleep 0.5
+    done
+    echo "sandbox: Flux did not deploy aureus-api $want from $SANDBOX_GITOPS_REPO_URL ($bad) within 120s" >&2
+    k -n flux-system get gitrepository,kustomization -o wide >&2 || true
+    return 1
+}
+if [ "$ONLY" = gitops ]; then
+    seed_gitops
+    echo "sandbox: aureus-deploy seeded; aureus-api on release v1.5.0 (main at $(cut -c1-12 "$STATE/gitops/bad.sha"))"
+    exit 0
+fi
 
 # ---- Config history of aureus-config (configuration rollback, playbooks/rollback-config.yml) ---------------------
 # Kubernetes keeps no history of a ConfigMap, so the deploy pipeline records one with config_revert state=snapshot:
@@ -219,6 +313,10 @@ elif [ "$RESET" = --reset ] || [ ! -f "$SANDBOX_BUNDLE_SERVER_DIR/bundles/aureus
 fi
 if [ "$RESET" = --reset ]; then  # a policy rollback's revision marks would now describe v2.1 wrongly
     k -n aureus annotate configmap aureus-policies policy.governed.io/revision- policy.governed.io/version- >/dev/null 2>&1 || true
+fi
+
+if [ -n "${SANDBOX_GITEA_URL:-}" ]; then  # a sandbox started before the GitOps loop existed has no Gitea
+    seed_gitops
 fi
 
 echo "sandbox: seeded (aureus-frontend revisions: $(k -n aureus get rs -l component=frontend \

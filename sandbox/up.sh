@@ -327,6 +327,12 @@ export SANDBOX_LEDGER_PGPASSWORD_FILE=$L/writer-password
 export SANDBOX_LEDGER_OWNER=gr_ledger_owner
 export SANDBOX_LEDGER_OWNER_PGPASSWORD_FILE=$L/owner-password
 EOF
+# ---- gitops: Gitea and Flux's source- and kustomize-controller (sandbox/gitops.sh) ------------------------------
+# SANDBOX_GITOPS=0 leaves it out (build.sh skips its builds too).
+if [ "${SANDBOX_GITOPS:-1}" != 0 ]; then
+    # shellcheck source=sandbox/gitops.sh
+    . "$HERE/gitops.sh"
+fi
 
 "$HERE/seed.sh"
 

@@ -22,6 +22,12 @@ OPA_BIN=$CACHE/opa-$OPA_VERSION/bin
 PROMETHEUS_BIN=$CACHE/prometheus-$PROMETHEUS_VERSION/bin
 FLYWAY_LIB=$CACHE/flyway-$FLYWAY_VERSION/lib
 SEAWEEDFS_BIN=$CACHE/seaweedfs-$SEAWEEDFS_VERSION/bin
+# ---- gitops (issue 17): a git forge with a pull-request API and Flux's two controllers
+GITEA_VERSION=${GITEA_VERSION:-v1.26.0}
+FLUX_VERSION=${FLUX_VERSION:-v1.9.6}
+GITEA_DIR=$CACHE/gitea-$GITEA_VERSION
+GITEA_BIN=$GITEA_DIR/bin
+FLUX_BIN=$CACHE/flux-$FLUX_VERSION/bin
 
 SANDBOX_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${GOVERNED_ROLLBACK_STATE:-$SANDBOX_ROOT/.sandbox}

@@ -40,6 +40,10 @@ def main(state):
         "pep_url": env.get("SANDBOX_PEP_URL", ""),
         "pep_log": env.get("SANDBOX_PEP_LOG", ""),
         "prometheus_url": env.get("SANDBOX_PROMETHEUS_URL", ""),
+        # GitOps (issue 17): the forge and the config repository; the token's file, never the token.
+        "gitea_url": env.get("SANDBOX_GITEA_URL", ""),
+        "gitea_token_file": env.get("SANDBOX_GITEA_TOKEN_FILE", ""),
+        "gitops_repo_url": env.get("SANDBOX_GITOPS_REPO_URL", ""),
     }
     with open(state + "/sandbox.json", "w") as handle:
         json.dump(facts, handle, indent=2, sort_keys=True)

@@ -16,7 +16,7 @@ import datetime
 import unicodedata
 
 from ansible_collections.governed.rollback.plugins.module_utils._common import (
-    ROLLBACK_TYPE_NAMES as ROLLBACK_TYPES, RollbackError, json_sha256, utc_stamp,
+    ROLLBACK_TYPE_NAMES as ROLLBACK_TYPES, RollbackError, json_sha256, rollback_type as type_entry, utc_stamp,
 )
 
 PRIORITIES = ("P0", "P1", "P2", "P3")
@@ -136,14 +136,15 @@ def select_row(rollback_type, approval_facts=None):
     """
     if rollback_type not in ROLLBACK_TYPES:
         raise ApprovalError("unknown rollback_type %r; expected one of %s" % (rollback_type, ", ".join(ROLLBACK_TYPES)))
-    if rollback_type != "deployment":
+    rows = type_entry(rollback_type)["approval_rows"]
+    if len(rows) == 1:
         return rollback_type
     facts = approval_facts if isinstance(approval_facts, dict) else {}
     to_revision, previous_revision = facts.get("to_revision"), facts.get("previous_revision")
     if to_revision is None or previous_revision is None:
-        raise ApprovalError("a deployment rollback needs approval_facts with to_revision and previous_revision (from "
-                            "rollout_undo's plan, resolved from the rollout history; the approval never guesses which "
-                            "row applies)")
+        raise ApprovalError("a %s rollback needs approval_facts with to_revision and previous_revision (from "
+                            "its plan: rollout_undo's rollout history, gitops_revert's release history; the approval "
+                            "never guesses which row applies)" % rollback_type)
     if isinstance(to_revision, bool) or isinstance(previous_revision, bool):
         raise ApprovalError("approval_facts.to_revision and previous_revision must be integers, got %r and %r"
                             % (to_revision, previous_revision))
@@ -152,7 +153,7 @@ def select_row(rollback_type, approval_facts=None):
     except (TypeError, ValueError):
         raise ApprovalError("approval_facts.to_revision and previous_revision must be integers, got %r and %r"
                             % (to_revision, previous_revision))
-    return "deployment_last" if target == previous else "deployment_older"
+    return rows[0] if target == previous else rows[1]
 
 
 # Characters that make two names look alike on screen but compare different: format (zero-width, bidi

@@ -59,6 +59,15 @@ ROLLBACK_TYPES = {
         "approval_rows": ["state"],
         "module": "snapshot_rollback",
     },
+    # A GitOps-managed workload rolled back through its config repository (gitops_revert): decided by the
+    # deployment rows (the last good release, or an older one).
+    "gitops": {
+        "label": "GitOps",
+        "run_type": "ops.gitops.rollback",
+        "surfaces": ["gitops"],
+        "approval_rows": ["deployment_last", "deployment_older"],
+        "module": "gitops_revert",
+    },
 }
 ROLLBACK_TYPE_NAMES = tuple(ROLLBACK_TYPES)
 

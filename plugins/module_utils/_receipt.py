@@ -546,8 +546,9 @@ def _approved_by(given, decision):
 
 
 OPTIONAL_FIELDS = ("config_type", "changed_keys", "migration_reverted", "backup_location", "data_loss", "downtime",
-                   "dba_approval", "policy_name", "security_review", "affected_users", "snapshot_id", "failure",
-                   "details", "verification_details")
+                   "dba_approval", "policy_name", "security_review", "affected_users", "snapshot_id",
+                   "pull_request_url", "pull_request_number", "merge_sha", "freeze", "failure", "details",
+                   "verification_details")
 
 
 def build_receipt(fields, approval=None, evidence=None, signing_required=True, keyid=None, now=None,

@@ -136,6 +136,11 @@ RECEIPT_SCHEMA = {
         "affected_users": _nullable({"type": "integer", "minimum": 0}),
         "snapshot_id": _nullable(_NAME),
         "verification_details": _nullable(_VERIFICATION_DETAILS),
+        # GitOps rollbacks (gitops_revert, deploy_freeze): the pull request, its merge, the deploy freeze.
+        "pull_request_url": _nullable(_TEXT),
+        "pull_request_number": _nullable({"type": "integer", "minimum": 1}),
+        "merge_sha": _nullable({"type": "string", "pattern": "^[0-9a-f]{40}([0-9a-f]{24})?$"}),
+        "freeze": _nullable({"type": "object"}),
         "failure": _nullable({
             "type": "object",
             "additionalProperties": False,

@@ -44,7 +44,7 @@ options:
     description: Kind of rollback being requested.
     type: str
     required: true
-    choices: [deployment, configuration, database, policy, state]
+    choices: [deployment, configuration, database, policy, state, gitops]
   requested_by:
     description: Name of the person requesting the rollback (as written in O(roster)).
     type: str

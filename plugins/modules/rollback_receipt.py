@@ -115,7 +115,7 @@ options:
   rollback_type:
     description: Kind of rollback. Defaults to the approval decision's.
     type: str
-    choices: [deployment, configuration, database, policy, state]
+    choices: [deployment, configuration, database, policy, state, gitops]
   run_type:
     description: Run type, for example C(ops.api.rollback). Defaults to C(ops.<rollback_type>.rollback).
     type: str
@@ -214,6 +214,19 @@ options:
   snapshot_id:
     description: State rollbacks, the snapshot restored.
     type: str
+  pull_request_url:
+    description: GitOps rollbacks, the URL of the rollback's pull request.
+    type: str
+  pull_request_number:
+    description: GitOps rollbacks, the number of the rollback's pull request.
+    type: int
+  merge_sha:
+    description: GitOps rollbacks, the merge commit of the rollback's pull request.
+    type: str
+  freeze:
+    description: GitOps rollbacks, the deploy freeze record (who, why, until, incident, at, and whether it is still in
+      place).
+    type: dict
   failure:
     description:
       - For O(outcome=failed), a dict with C(task) and C(message) (for example from C(ansible_failed_task.name) and
@@ -603,7 +616,8 @@ RECEIPT_FIELDS = (
     "started_at", "completed_at", "environment", "reason", "current_ref", "rollback_target_ref", "changed_surfaces",
     "verification", "notes", "component", "from_version", "to_version", "config_type", "changed_keys",
     "migration_reverted", "backup_location", "data_loss", "downtime", "dba_approval", "policy_name",
-    "security_review", "affected_users", "snapshot_id", "failure", "details", "verification_details",
+    "security_review", "affected_users", "snapshot_id", "pull_request_url", "pull_request_number", "merge_sha",
+    "freeze", "failure", "details", "verification_details",
 )
 STATS_KEY = "governed_rollback_receipts"
 VERIFY_RETURN = ("valid", "entries", "first_bad_entry", "bad_rollback_id", "message", "unsigned_entries",
@@ -626,6 +640,8 @@ def argument_spec():
         changed_keys=dict(type="list", elements="str", no_log=False),
         verification=dict(type="dict"),
         affected_users=dict(type="int"),
+        pull_request_number=dict(type="int"),
+        freeze=dict(type="dict"),
         failure=dict(type="dict"),
         details=dict(type="dict"),
         verification_details=dict(type="dict"),

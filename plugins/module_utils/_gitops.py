@@ -1,0 +1,498 @@
+# -*- coding: utf-8 -*-
+# Copyright: governed.rollback contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The pure core of a GitOps rollback: which release is the last good one, how a pin is written into a
+Kustomization's ``images:``, what the rollback branch, commit and pull request say, when the reconciler has caught
+up with a merge, and how a deploy freeze is put on and taken off. Plain data in, plain data out; the git, forge and
+Kubernetes I/O lives in _git, _forge and the modules.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import re
+
+from ansible_collections.governed.rollback.plugins.module_utils._common import Refused, RollbackError, json_sha256
+
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+TRAILER_RE = re.compile(r"^(Rollback-[A-Za-z-]+):\s*(.*)$")
+REVERTS_RE = re.compile(r"This reverts commit ([0-9a-f]{7,64})")
+BRANCH_PREFIX = "ops/rollback-"
+KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+
+# Trailers every rollback commit carries: how a later run recognizes the rollback of the same incident.
+T_INCIDENT = "Rollback-Incident"
+T_COMPONENT = "Rollback-Component"
+T_CURRENT = "Rollback-Current-Ref"
+T_LAST_GOOD = "Rollback-Last-Good-Ref"
+T_REASON = "Rollback-Reason"
+T_ACTOR = "Rollback-Actor"
+T_ID = "Rollback-Id"
+
+
+# --------------------------------------------------------------------------- Kustomization images
+
+def _strip(value):
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def _images_block(lines):
+    """(start, end) line indexes of the top-level ``images:`` list, or None."""
+    for index, line in enumerate(lines):
+        if re.match(r"^images:\s*(#.*)?$", line):
+            end = index + 1
+            while end < len(lines) and (not lines[end].strip() or lines[end].startswith((" ", "-", "#"))):
+                end += 1
+            return index + 1, end
+    return None
+
+
+def _entries(lines, block):
+    """The ``images:`` entries as ``{fields, lines: {key: index}, start, end, indent}``."""
+    start, end = block
+    entries = []
+    current = None
+    for index in range(start, end):
+        line = lines[index]
+        item = re.match(r"^(\s*)-\s+([A-Za-z]+):\s*(.*?)\s*(#.*)?$", line)
+        if item:
+            current = {"fields": {}, "lines": {}, "start": index, "end": index + 1, "indent": len(item.group(1)) + 2}
+            entries.append(current)
+            current["fields"][item.group(2)] = _strip(item.group(3))
+            current["lines"][item.group(2)] = index
+            continue
+        field = re.match(r"^(\s+)([A-Za-z]+):\s*(.*?)\s*(#.*)?$", line)
+        if field and current is not None and len(field.group(1)) == current["indent"]:
+            current["fields"][field.group(2)] = _strip(field.group(3))
+            current["lines"][field.group(2)] = index
+            current["end"] = index + 1
+    return entries
+
+
+def parse_images(text):
+    """The ``images:`` entries of a Kustomization file, as dicts (``name``, ``newName``, ``newTag``, ``digest``)."""
+    lines = text.splitlines()
+    block = _images_block(lines)
+    return [dict(entry["fields"]) for entry in _entries(lines, block)] if block else []
+
+
+def select_image(images, image=None, where="the Kustomization"):
+    """The ``images:`` entry to pin: the one named ``image``, else the only one. The rule is documented in
+    gitops_revert's ``image`` option."""
+    if image:
+        found = [entry for entry in images if entry.get("name") == image]
+        if not found:
+            raise Refused("%s has no images: entry named %r (entries: %s); set image to one of them"
+                          % (where, image, ", ".join(e.get("name", "?") for e in images) or "none"), "no_image")
+        return found[0]
+    if len(images) != 1:
+        raise Refused("%s has %d images: entries (%s); name the one to pin with the image option"
+                      % (where, len(images), ", ".join(e.get("name", "?") for e in images) or "none"), "no_image")
+    return images[0]
+
+
+def image_ref(entry):
+    """What the Kustomization deploys for one entry: ``name@digest``, or ``name:tag``."""
+    name = entry.get("newName") or entry.get("name")
+    if entry.get("digest"):
+        return "%s@%s" % (name, entry["digest"])
+    return "%s:%s" % (name, entry.get("newTag") or "latest")
+
+
+def pin_digest(text, image, digest):
+    """The Kustomization text with the ``images:`` entry ``image`` pinned to ``digest`` (a ``newTag`` is replaced:
+    a digest wins over a tag in Kustomize). Every other line is kept byte for byte."""
+    if not DIGEST_RE.match(digest or ""):
+        raise RollbackError("last_good_ref %r is not an image digest (sha256:<64 hex>)" % (digest,))
+    lines = text.splitlines(True)
+    bare = [line.rstrip("\r\n") for line in lines]
+    block = _images_block(bare)
+    entries = _entries(bare, block) if block else []
+    entry = next((e for e in entries if e["fields"].get("name") == image), None)
+    if entry is None:
+        raise Refused("the Kustomization has no images: entry named %r" % image, "no_image")
+    newline = "\r\n" if lines[entry["start"]].endswith("\r\n") else "\n"
+    new_line = "%sdigest: %s%s" % (" " * entry["indent"], digest, newline)
+    if "digest" in entry["lines"]:
+        index = entry["lines"]["digest"]
+        if bare[index].lstrip().startswith("- "):
+            new_line = "%s- digest: %s%s" % (" " * (entry["indent"] - 2), digest, newline)
+        lines[index] = new_line
+    elif "newTag" in entry["lines"]:
+        index = entry["lines"]["newTag"]
+        if bare[index].lstrip().startswith("- "):
+            new_line = "%s- digest: %s%s" % (" " * (entry["indent"] - 2), digest, newline)
+        lines[index] = new_line
+    else:
+        lines.insert(entry["end"], new_line)
+    return "".join(lines)
+
+
+# --------------------------------------------------------------------------- release history
+
+def digest_history(entries):
+    """Collapse ``[(sha, digest)]`` (newest first, one per commit touching the Kustomization) into the releases:
+    ``[{sha, digest}]`` newest first, one per change of digest (the sha that introduced it)."""
+    releases = []
+    for sha, digest in entries:
+        if not digest:
+            continue
+        if releases and releases[-1]["digest"] == digest:
+            releases[-1]["sha"] = sha  # an older commit introduced this digest
+            continue
+        releases.append({"sha": sha, "digest": digest})
+    return releases
+
+
+def last_good_release(releases, current_digest):
+    """The documented rule for ``last_good_ref``: the newest release whose digest differs from the current one."""
+    for release in releases:
+        if release["digest"] != current_digest:
+            return release
+    return None
+
+
+def release_revisions(releases, target_digest):
+    """Approval facts in the deployment rows' terms: releases numbered oldest = 1; ``previous_revision`` is the one
+    before the current release, ``to_revision`` the newest release with the target digest (0 when it never was)."""
+    numbered = list(reversed(releases))
+    current = len(numbered)
+    to_revision = 0
+    for index, release in enumerate(numbered, 1):
+        if release["digest"] == target_digest and index != current:
+            to_revision = index
+    return {"current_revision": current, "previous_revision": current - 1, "to_revision": to_revision}
+
+
+def reverted_shas(messages):
+    """The commits that later commits revert (``This reverts commit <sha>.``)."""
+    found = set()
+    for message in messages:
+        found.update(REVERTS_RE.findall(message or ""))
+    return found
+
+
+def is_reverted(sha, reverted):
+    return any(sha.startswith(short) or short.startswith(sha) for short in reverted)
+
+
+# --------------------------------------------------------------------------- trailers, branch, commit, pull request
+
+def parse_trailers(message):
+    trailers = {}
+    for line in (message or "").splitlines():
+        match = TRAILER_RE.match(line.strip())
+        if match:
+            trailers[match.group(1)] = match.group(2).strip()
+    return trailers
+
+
+def find_rollback(log, incident_id, component):
+    """The newest commit of ``log`` (``[{sha, message}]``, newest first) that is this incident's rollback of this
+    component, or None: a second run must not roll back again."""
+    for entry in log:
+        trailers = parse_trailers(entry.get("message"))
+        if trailers.get(T_INCIDENT) == incident_id and trailers.get(T_COMPONENT) == component:
+            return entry
+    return None
+
+
+def slug(value):
+    value = re.sub(r"[^a-z0-9.-]+", "-", (value or "").lower()).strip("-.")
+    return value or "component"
+
+
+def rollback_branch(component, moment):
+    """``ops/rollback-<component>-<UTC stamp>``."""
+    return "%s%s-%s" % (BRANCH_PREFIX, slug(component), moment.strftime("%Y%m%dT%H%M%SZ"))
+
+
+def _one_line(value):
+    return " ".join(str(value or "").split())
+
+
+def commit_message(mode, component, incident_id, reason, actor, current, target, reverted_commit=None,
+                   rollback_id=None):
+    """The rollback commit's message: subject, reason, the ``This reverts commit`` line of a revert, trailers."""
+    if mode == "revert":
+        subject = "rollback(%s): revert %s for %s" % (component, reverted_commit[:12], incident_id)
+    else:
+        subject = "rollback(%s): pin %s for %s" % (component, target["digest"], incident_id)
+    body = [subject, "", _one_line(reason) or "(no reason given)", ""]
+    if mode == "revert":
+        body += ["This reverts commit %s." % reverted_commit, ""]
+    body += ["%s: %s" % (T_INCIDENT, _one_line(incident_id)),
+             "%s: %s" % (T_COMPONENT, component),
+             "%s: %s (%s)" % (T_CURRENT, current["sha"], current["image"]),
+             "%s: %s" % (T_LAST_GOOD, target["image"]),
+             "%s: %s" % (T_REASON, _one_line(reason)),
+             "%s: %s" % (T_ACTOR, _one_line(actor) or "unknown")]
+    if rollback_id:
+        body.append("%s: %s" % (T_ID, rollback_id))
+    return "\n".join(body) + "\n"
+
+
+def pull_request(mode, component, incident_id, reason, actor, current, target, branch, base, diff,
+                 reverted_commit=None):
+    """Title and body of the rollback's pull request (what a reviewer needs to expedite it)."""
+    title = "Rollback %s to %s (%s)" % (component, target["digest"][:19], incident_id)
+    what = ("Reverts %s." % reverted_commit if mode == "revert"
+            else "Pins `%s` to the last known good digest." % target["image"])
+    body = "\n".join([
+        "**Rollback of `%s` for incident %s**" % (component, incident_id),
+        "",
+        what,
+        "",
+        "| | |",
+        "|---|---|",
+        "| incident | %s |" % _one_line(incident_id),
+        "| reason | %s |" % _one_line(reason),
+        "| requested by | %s |" % (_one_line(actor) or "unknown"),
+        "| current_ref | `%s` (`%s`) |" % (current["sha"], current["image"]),
+        "| last_good_ref | `%s` |" % target["image"],
+        "| branch | `%s` -> `%s` |" % (branch, base),
+        "",
+        "```diff",
+        diff.rstrip("\n"),
+        "```",
+        "",
+        "Opened by governed.rollback.gitops_revert; merge it to roll back (the reconciler applies it).",
+    ])
+    return {"title": title, "body": body, "head": branch, "base": base}
+
+
+def approval_comment(approval):
+    """The approval decision and signed statements, as a pull-request comment (no secrets: names, roles, rows)."""
+    approval = approval or {}
+    lines = ["**Rollback approval** (governed.rollback.rollback_approval)", "",
+             "- decision: %s" % ("approved" if approval.get("approved") else "NOT approved"),
+             "- rule: %s" % approval.get("rule", "?"),
+             "- path: %s" % approval.get("approval_path", "?"),
+             "- requested by: %s" % approval.get("requested_by", "?"),
+             "- emergency: %s" % bool(approval.get("emergency"))]
+    for approver in approval.get("approved_by") or []:
+        lines.append("- approved by: %s (%s)" % (approver.get("name"), ", ".join(approver.get("roles") or [])))
+    statements = approval.get("statements") or approval.get("signed_statements") or []
+    if statements:
+        lines += ["", "Signed statements:", "", "```json", json.dumps(statements, indent=2, sort_keys=True), "```"]
+    if approval.get("plan_sha256"):
+        lines.append("- plan sha256: %s" % approval["plan_sha256"])
+    return "\n".join(lines) + "\n"
+
+
+def may_merge(merge, approval):
+    """Merge only when told to and the approval step approved."""
+    return bool(merge) and bool((approval or {}).get("approved"))
+
+
+# --------------------------------------------------------------------------- the repository the cluster reconciles
+
+def normalize_repo_url(url):
+    """scheme://host[:port]/path, lower-case host, no credentials, no ``.git`` or trailing slash."""
+    match = re.match(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?:[^@/]*@)?(?P<host>[^/]+)(?P<path>/.*)?$", url or "", re.I)
+    if not match:
+        return (url or "").strip().rstrip("/")
+    path = (match.group("path") or "").rstrip("/")
+    if path.endswith(".git"):
+        path = path[:-4]
+    return "%s://%s%s" % (match.group("scheme").lower(), match.group("host").lower(), path)
+
+
+def check_reconciled_from(repo_url, branch, path, gitrepository, kustomization):
+    """Refuse (``not_reconciled``) a repository, branch or path the cluster does not reconcile from."""
+    spec = gitrepository.get("spec") or {}
+    where = "GitRepository %s/%s" % (gitrepository["metadata"]["namespace"], gitrepository["metadata"]["name"])
+    if normalize_repo_url(spec.get("url")) != normalize_repo_url(repo_url):
+        raise Refused("the cluster does not reconcile from %s: %s pulls %s; nothing was changed. Point repo_url at "
+                      "the repository Flux reconciles" % (normalize_repo_url(repo_url), where,
+                                                          normalize_repo_url(spec.get("url"))), "not_reconciled")
+    ref = spec.get("ref") or {}
+    if ref.get("branch", "master" if not ref else None) != branch:
+        raise Refused("%s follows %s, not branch %s; nothing was changed"
+                      % (where, ref or "its default branch", branch), "not_reconciled")
+    kpath = ((kustomization.get("spec") or {}).get("path") or "./").strip()
+    if kpath.lstrip("./").rstrip("/") != (path or "").lstrip("./").rstrip("/"):
+        raise Refused("Kustomization %s/%s applies path %s, not %s; nothing was changed"
+                      % (kustomization["metadata"]["namespace"], kustomization["metadata"]["name"], kpath, path),
+                      "not_reconciled")
+
+
+# --------------------------------------------------------------------------- Flux status
+
+def revision_sha(revision):
+    """The commit of a Flux revision (``main@sha1:<sha>``, ``sha1:<sha>`` or ``main/<sha>``), else None."""
+    match = re.search(r"(?:sha1:|sha256:|/)([0-9a-f]{40,64})$", revision or "")
+    return match.group(1) if match else None
+
+
+def condition(obj, kind):
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return cond
+    return {}
+
+
+def reconcile_progress(gitrepository, kustomization, sha):
+    """How far Flux has got with commit ``sha``: the source's artifact, the Kustomization's applied revision and
+    Ready condition, and whether it has failed at that revision (Ready=False at it, not progressing)."""
+    source_sha = revision_sha(((gitrepository.get("status") or {}).get("artifact") or {}).get("revision"))
+    kstatus = kustomization.get("status") or {}
+    applied_sha = revision_sha(kstatus.get("lastAppliedRevision"))
+    attempted_sha = revision_sha(kstatus.get("lastAttemptedRevision"))
+    ready = condition(kustomization, "Ready")
+    generation = (kustomization.get("metadata") or {}).get("generation")
+    observed = kstatus.get("observedGeneration") == generation
+    return {
+        "source_revision": source_sha,
+        "source_at_target": source_sha == sha,
+        "applied_revision": applied_sha,
+        "attempted_revision": attempted_sha,
+        "ready": ready.get("status") == "True" and applied_sha == sha and observed,
+        "ready_status": ready.get("status"),
+        "ready_reason": ready.get("reason"),
+        "ready_message": ready.get("message"),
+        "failed_at_target": attempted_sha == sha and ready.get("status") == "False"
+        and ready.get("reason") not in ("Progressing", "ProgressingWithRetry", "DependencyNotReady"),
+    }
+
+
+def pods_on_image(pods, container, image):
+    """Ready pods and whether every one of them runs ``image`` in ``container`` (by spec)."""
+    summaries = []
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        images = dict((c.get("name"), c.get("image")) for c in (pod.get("spec") or {}).get("containers") or [])
+        ready = condition(pod, "Ready").get("status") == "True"
+        summaries.append({"name": pod["metadata"]["name"], "ready": ready, "image": images.get(container),
+                          "on_target": images.get(container) == image})
+    return summaries
+
+
+# --------------------------------------------------------------------------- binding and receipt
+
+def plan_binding(current, target, kustomization_uid, mode, reverted_commit=None):
+    """What an approval of a GitOps plan is for: the branch head and digest it was planned from, the target."""
+    return {
+        "branch_head": current["sha"],
+        "from_image": current["image"],
+        "to_image": target["image"],
+        "mode": mode,
+        "reverted_commit": reverted_commit,
+        "kustomization_uid": kustomization_uid,
+        "plan_sha256": json_sha256([current["sha"], current["image"], target["image"], mode, reverted_commit]),
+    }
+
+
+# --------------------------------------------------------------------------- deploy freeze (pure patch logic)
+
+FREEZE_ANNOTATION = "freeze.governed.io/record"
+ARGO_PROJECT_ANNOTATION = "freeze.governed.io/argocd-windows"
+
+
+def freeze_record(actor, reason, until, incident_id, at, previous):
+    return {"who": actor, "why": reason, "until": until, "incident": incident_id, "at": at, "previous": previous}
+
+
+def read_record(obj, annotation=FREEZE_ANNOTATION):
+    raw = (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(annotation)
+    if not raw:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        raise RollbackError("annotation %s is not the JSON a freeze writes; remove it by hand after checking who "
+                            "set it" % annotation)
+    return record if isinstance(record, dict) else None
+
+
+def flux_freeze_patch(obj, actor, reason, until, incident_id, at):
+    """The merge patch that freezes a Flux object (``spec.suspend: true`` plus the record of who/why/until and the
+    previous ``suspend``), or None when it is already frozen by us."""
+    if read_record(obj):
+        return None
+    spec = obj.get("spec") or {}
+    previous = {"suspend": spec["suspend"]} if "suspend" in spec else {}
+    record = freeze_record(actor, reason, until, incident_id, at, previous)
+    return {"metadata": {"annotations": {FREEZE_ANNOTATION: json.dumps(record, sort_keys=True)}},
+            "spec": {"suspend": True}}
+
+
+def flux_thaw_patch(obj):
+    """The merge patch that restores exactly what the freeze changed (``suspend`` back to its previous value, or
+    removed when it was absent; the record removed), or None when there is no freeze of ours."""
+    record = read_record(obj)
+    if record is None:
+        return None
+    previous = record.get("previous") or {}
+    return {"metadata": {"annotations": {FREEZE_ANNOTATION: None}},
+            "spec": {"suspend": previous["suspend"] if "suspend" in previous else None}}
+
+
+def argocd_freeze_patches(project, application, actor, reason, until, incident_id, at, duration="24h"):
+    """Argo CD: a ``deny`` sync window for the application on its AppProject and auto-sync switched off, with the
+    previous ``syncPolicy.automated`` recorded. Returns ``(project_patch, application_patch)``; None for a part
+    already frozen by us."""
+    app_name = application["metadata"]["name"]
+    project_patch = None
+    windows = list((project.get("spec") or {}).get("syncWindows") or [])
+    recorded = read_record(project, ARGO_PROJECT_ANNOTATION) or {}
+    if app_name not in recorded:
+        window = {"kind": "deny", "schedule": "* * * * *", "duration": duration, "applications": [app_name],
+                  "manualSync": False}
+        recorded = dict(recorded)
+        recorded[app_name] = {"window": window, "who": actor, "why": reason, "until": until,
+                              "incident": incident_id, "at": at}
+        project_patch = {"metadata": {"annotations": {ARGO_PROJECT_ANNOTATION: json.dumps(recorded, sort_keys=True)}},
+                         "spec": {"syncWindows": windows + [window]}}
+    app_patch = None
+    if read_record(application) is None:
+        sync_policy = (application.get("spec") or {}).get("syncPolicy") or {}
+        previous = {"automated": sync_policy["automated"]} if "automated" in sync_policy else {}
+        record = freeze_record(actor, reason, until, incident_id, at, previous)
+        app_patch = {"metadata": {"annotations": {FREEZE_ANNOTATION: json.dumps(record, sort_keys=True)}},
+                     "spec": {"syncPolicy": {"automated": None}}}
+    return project_patch, app_patch
+
+
+def argocd_thaw_patches(project, application):
+    """Undo argocd_freeze_patches exactly: our window removed (only ours), auto-sync restored as recorded."""
+    app_name = application["metadata"]["name"]
+    project_patch = None
+    recorded = read_record(project, ARGO_PROJECT_ANNOTATION) or {}
+    if app_name in recorded:
+        ours = recorded[app_name]["window"]
+        windows = list((project.get("spec") or {}).get("syncWindows") or [])
+        if ours in windows:
+            windows.remove(ours)
+        rest = dict((k, v) for k, v in recorded.items() if k != app_name)
+        project_patch = {"metadata": {"annotations": {ARGO_PROJECT_ANNOTATION: json.dumps(rest, sort_keys=True)
+                                                      if rest else None}},
+                         "spec": {"syncWindows": windows}}
+    app_patch = None
+    record = read_record(application)
+    if record is not None:
+        previous = record.get("previous") or {}
+        app_patch = {"metadata": {"annotations": {FREEZE_ANNOTATION: None}},
+                     "spec": {"syncPolicy": {"automated": previous.get("automated")}}}
+    return project_patch, app_patch
+
+
+def apply_merge_patch(obj, patch):
+    """RFC 7386 merge patch applied to plain data (what the API server does with a merge patch); for diffs and
+    unit tests."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(obj) if isinstance(obj, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = apply_merge_patch(result.get(key), value)
+    return result

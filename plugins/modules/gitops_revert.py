@@ -1,0 +1,621 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: governed.rollback contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: gitops_revert
+short_description: Roll a GitOps-managed workload back through its config repository, a pull request and Flux
+version_added: 0.2.0
+author: governed.rollback maintainers (@governed)
+description:
+  - The KFM runbook's preferred rollback - revert the deploy commit, or set the release to the last-known-good
+    digest, on a rollback branch, through a pull request carrying the incident, C(last_good_ref) and the reason,
+    merged when the approval allows, then watch the reconcile.
+  - Works in a private clone (a temporary directory removed afterwards). The forge's token never reaches a command
+    line or any output - git reads it from a 0600 configuration file of its own - and every message is redacted.
+  - O(mode=revert) reverts O(revert_commit) (by default the commit that introduced the digest running now) with
+    C(git revert); a conflicting revert is refused and nothing is pushed. O(mode=pin) writes O(last_good_ref) into
+    the C(images:) entry O(image) of the Kustomization in O(path).
+  - The documented rule for the last good release (O(last_good_ref) not given) - walk the first-parent history of
+    C(<path>/kustomization.yaml) on O(branch), newest first, reading the entry's digest at each commit; the newest
+    digest that differs from the one at the branch head is the last good one.
+  - Pushes C(ops/rollback-<component>-<UTC stamp>) with a commit message carrying the incident, C(current_ref),
+    C(last_good_ref), the reason and the actor as C(Rollback-*) trailers; opens a pull request through the forge's
+    API; with O(merge=true) and an approved O(approval), comments the approval decision on it and merges it,
+    otherwise leaves it open for review.
+  - Then requests a reconcile (Flux's C(reconcile.fluxcd.io/requestedAt) on the GitRepository and the
+    Kustomization) and waits until the source reports the merge commit, the Kustomization is Ready at that revision
+    and the workload has rolled out on the target image. A Kustomization frozen by M(governed.rollback.deploy_freeze)
+    is resumed for this one reconcile and suspended again once it is applied (the freeze record stays).
+  - Refuses, changing nothing - a repository, branch or path the cluster does not reconcile from; a branch that has
+    diverged from what Flux deployed (force-pushed, or commits not yet deployed); a live workload that runs neither
+    the desired nor the target image (drift); a commit that is not in the branch's history; a conflicting revert; a
+    Kustomization suspended by someone else.
+  - Idempotent by incident - when the branch already holds this incident's rollback of the component, or a rollback
+    pull request for it is open, no second one is opened.
+  - Argo CD-managed workloads and Helm values pins are not supported by this version.
+options:
+  repo_url:
+    description: HTTP(S) URL of the config repository, without credentials (the GitRepository's C(spec.url)).
+    type: str
+    required: true
+  repo_token:
+    description:
+      - The forge's API token; also used by git over HTTPS. Never logged.
+      - Read from E(GITOPS_TOKEN) or E(GITEA_TOKEN) when not given (what an AWX custom credential injects).
+    type: str
+  forge:
+    description: Which forge hosts the repository (its pull-request API).
+    type: str
+    choices: [gitea]
+    default: gitea
+  forge_api_url:
+    description: The forge's API base URL; derived from O(repo_url) (C(<scheme>://<host>/api/v1)) when not given.
+    type: str
+  forge_validate_certs:
+    description: Verify the forge's TLS certificate.
+    type: bool
+    default: true
+  branch:
+    description: The branch Flux reconciles from (the pull request's base).
+    type: str
+    default: main
+  path:
+    description: Directory of the component's Kustomization in the repository (the Flux Kustomization's C(spec.path)).
+    type: str
+    required: true
+  mode:
+    description: Revert a commit, or pin the last good digest into the Kustomization's C(images:).
+    type: str
+    choices: [revert, pin]
+    default: revert
+  revert_commit:
+    description: The commit to revert (O(mode=revert)); by default the commit that introduced the digest the branch
+      holds now. Must be in the branch's history.
+    type: str
+  last_good_ref:
+    description:
+      - The image digest (C(sha256:<hex>)) to pin (O(mode=pin)); found by the documented rule when not given. With
+        O(mode=revert) it is checked against what the revert produces.
+    type: str
+  image:
+    description: The C(images:) entry's C(name); by default the only entry.
+    type: str
+  component:
+    description: Name of the component (branch name, commit trailers, receipt); the last part of O(path) by default.
+    type: str
+  kustomization:
+    description: The Flux Kustomization that applies O(path).
+    type: str
+    required: true
+  kustomization_namespace:
+    description: Namespace of O(kustomization).
+    type: str
+    default: flux-system
+  workload_kind:
+    description: Kind of the workload the Kustomization deploys, waited for after the reconcile.
+    type: str
+    choices: [Deployment, StatefulSet, DaemonSet]
+    default: Deployment
+  workload_name:
+    description: Name of the workload; O(component) by default.
+    type: str
+  workload_namespace:
+    description: Namespace of the workload; the Kustomization's C(targetNamespace) by default.
+    type: str
+  container:
+    description: The workload's container that runs the image; the one whose image is the entry's by default.
+    type: str
+  merge:
+    description: Merge the pull request when O(approval) is approved; otherwise it is left open for review.
+    type: bool
+    default: true
+  approval:
+    description: The decision of M(governed.rollback.rollback_approval); attached to the pull request as a comment.
+    type: dict
+    default: {}
+  delete_branch:
+    description: Delete the rollback branch after the merge.
+    type: bool
+    default: true
+  rollback_id:
+    description: The rollback's id, as a commit trailer.
+    type: str
+  expected_binding:
+    description: The RV(binding) of an earlier check-mode plan; refused, nothing pushed, when the branch head or the
+      images moved since.
+    type: dict
+extends_documentation_fragment:
+  - governed.rollback.k8s_auth
+  - governed.rollback.runbook_context
+  - governed.rollback.wait
+  - governed.rollback.attributes
+  - governed.rollback.attributes.ACTIONGROUP_K8S
+attributes:
+  check_mode:
+    support: full
+    details: Clones, reverts or pins and commits in the private clone, and returns the diff and the pull request that
+      would be opened; nothing is pushed.
+  diff_mode:
+    support: full
+    details: The diff of the revert or pin.
+  idempotent:
+    support: full
+    details: A second run for the same incident and component opens no second pull request.
+notes:
+  - RBAC - C(get) and C(patch) on C(gitrepositories.source.toolkit.fluxcd.io) and
+    C(kustomizations.kustomize.toolkit.fluxcd.io); C(get) on the workload and C(list) on pods.
+  - The forge adapters are documented in C(plugins/module_utils/_forge.py); GitHub and GitLab are one adapter each.
+requirements:
+  - git
+  - kubernetes >= 29.0.0 (Python client)
+"""
+
+EXAMPLES = r"""
+- name: Plan the rollback of aureus-api (check mode - the diff and the pull request, nothing pushed)
+  governed.rollback.gitops_revert:
+    repo_url: https://git.example.com/platform/aureus-deploy.git
+    path: apps/aureus-api
+    kustomization: aureus-api
+    incident_id: INC-12345
+    reason: v1.5.0 answers 500 on /api/query
+    actor: oncall-sre
+  check_mode: true
+  register: plan
+
+- name: Pin the last good digest, merge with the approval, wait for Flux
+  governed.rollback.gitops_revert:
+    repo_url: https://git.example.com/platform/aureus-deploy.git
+    path: apps/aureus-api
+    mode: pin
+    kustomization: aureus-api
+    approval: "{{ approval }}"
+    expected_binding: "{{ plan.binding }}"
+    incident_id: INC-12345
+    reason: v1.5.0 answers 500 on /api/query
+    actor: oncall-sre
+"""
+
+RETURN = r"""
+from_ref:
+  description: The plan contract's from reference - the image running now (C(name@sha256:...)).
+  returned: when a plan was made
+  type: str
+to_ref:
+  description: The plan contract's to reference - the image rolled back to.
+  returned: when a plan was made
+  type: str
+current_ref:
+  description: The branch head and image now - C(sha), C(image), C(digest), and C(deployed_sha) (Flux's artifact).
+  returned: when a plan was made
+  type: dict
+rollback_target_ref:
+  description: What the rollback goes to - C(image), C(digest), C(sha) (the merge commit, once merged).
+  returned: when a plan was made
+  type: dict
+skipped_reason:
+  description: Why nothing is to be done (already rolled back for this incident, pull request already open), else null.
+  returned: always
+  type: str
+approval_facts:
+  description: C(to_revision), C(previous_revision), C(current_revision) - releases numbered oldest first, so
+    rolling back to the previous release is the C(deployment_last) row.
+  returned: when a plan was made
+  type: dict
+binding:
+  description: What an approval of this plan is for (branch head, from/to image, mode, reverted commit); pass it back
+    as O(expected_binding).
+  returned: when a plan was made
+  type: dict
+receipt_fields:
+  description: The receipt fields (C(component), C(changed_surfaces), C(current_ref) (git SHA),
+    C(rollback_target_ref) (merge SHA), C(from_version)/C(to_version) (images), C(pull_request_url),
+    C(pull_request_number), C(merge_sha), C(details)).
+  returned: when a plan was made
+  type: dict
+pull_request:
+  description: The pull request opened (or, in check mode, that would be opened) - C(number), C(url), C(head),
+    C(base), C(title), C(body), C(state), C(merged), C(merge_sha).
+  returned: when a plan was made
+  type: dict
+merge_sha:
+  description: The merge commit on O(branch).
+  returned: when merged
+  type: str
+branch:
+  description: The rollback branch.
+  returned: when a plan was made
+  type: str
+commit_diff:
+  description: The diff of the revert or pin.
+  returned: when a plan was made
+  type: str
+reconcile:
+  description: The reconcile - C(done), C(requested_at), C(timings) (C(source_seconds), C(applied_seconds),
+    C(rollout_seconds)), C(last) (Flux's conditions and the workload, the failure evidence), C(through_freeze).
+  returned: when merged and O(wait=true)
+  type: dict
+refused:
+  description: Why it was refused (nothing pushed) - C(not_reconciled), C(diverged), C(dirty), C(not_in_history),
+    C(conflict), C(no_image), C(no_previous_release), C(suspended), C(changed_since_approved), C(not_found),
+    C(forbidden).
+  returned: on refusal
+  type: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible_collections.governed.rollback.plugins.module_utils import _argspec, _flux, _gitops
+from ansible_collections.governed.rollback.plugins.module_utils._common import (
+    Refused, RollbackError, check_binding, fail_from_exception, utc_now,
+)
+from ansible_collections.governed.rollback.plugins.module_utils._forge import forge_for
+from ansible_collections.governed.rollback.plugins.module_utils._git import Clone
+from ansible_collections.governed.rollback.plugins.module_utils._k8s import KubeRest, build_api_client, require_k8s
+from ansible_collections.governed.rollback.plugins.module_utils._workload import KINDS, call
+
+
+def argument_spec():
+    return _argspec.compose(dict(
+        repo_url=dict(type="str", required=True),
+        repo_token=dict(type="str", no_log=True, fallback=(env_fallback, ["GITOPS_TOKEN", "GITEA_TOKEN"])),
+        forge=dict(type="str", choices=["gitea"], default="gitea"),
+        forge_api_url=dict(type="str"),
+        forge_validate_certs=dict(type="bool", default=True),
+        branch=dict(type="str", default="main"),
+        path=dict(type="str", required=True),
+        mode=dict(type="str", choices=["revert", "pin"], default="revert"),
+        revert_commit=dict(type="str"),
+        last_good_ref=dict(type="str"),
+        image=dict(type="str"),
+        component=dict(type="str"),
+        kustomization=dict(type="str", required=True),
+        kustomization_namespace=dict(type="str", default="flux-system"),
+        workload_kind=dict(type="str", choices=list(KINDS), default="Deployment"),
+        workload_name=dict(type="str"),
+        workload_namespace=dict(type="str"),
+        container=dict(type="str"),
+        merge=dict(type="bool", default=True),
+        approval=dict(type="dict", default={}),
+        delete_branch=dict(type="bool", default=True),
+        rollback_id=dict(type="str"),
+        expected_binding=dict(type="dict"),
+    ), _argspec.K8S_AUTH, _argspec.RUNBOOK_CONTEXT, _argspec.WAIT)
+
+
+class Run(object):
+    """One gitops_revert run: the inputs, the I/O adapters and the result being built."""
+
+    def __init__(self, params, api, forge, check_mode):
+        self.p = params
+        self.api = api
+        self.forge = forge
+        self.check_mode = check_mode
+        self.path = params["path"].strip("/").lstrip("./") or "."
+        self.component = params["component"] or os.path.basename(self.path.rstrip("/"))
+        self.result = {"changed": False, "skipped_reason": None}
+        self.warnings = []
+        self.pushed = False
+        self.open_pr = None
+        self.message = None
+
+    # ---- reading the world
+    def read_reconciler(self):
+        ns, name = self.p["kustomization_namespace"], self.p["kustomization"]
+        self.kust = _flux.get(self.api, "Kustomization", ns, name)
+        self.source = _flux.source_of(self.api, self.kust)
+        _gitops.check_reconciled_from(self.p["repo_url"], self.p["branch"], self.path, self.source, self.kust)
+        self.frozen = _gitops.read_record(self.kust)
+        if (self.kust.get("spec") or {}).get("suspend") and not self.frozen:
+            raise Refused("Kustomization %s/%s is suspended and no deploy freeze of ours says why; nothing was "
+                          "changed. Find out who suspended it (flux resume kustomization %s -n %s when it may run)"
+                          % (ns, name, name, ns), "suspended")
+        self.deployed_sha = _gitops.revision_sha(((self.source.get("status") or {}).get("artifact") or {})
+                                                 .get("revision"))
+        if not self.deployed_sha:
+            raise Refused("GitRepository %s/%s has no artifact yet (not reconciled); nothing was changed"
+                          % (self.source["metadata"]["namespace"], self.source["metadata"]["name"]), "not_ready")
+
+    def kustomization_file(self, clone, sha):
+        for name in _gitops.KUSTOMIZATION_FILES:
+            rel = name if self.path == "." else "%s/%s" % (self.path, name)
+            text = clone.show(sha, rel)
+            if text is not None:
+                return rel, text
+        raise Refused("%s has no kustomization.yaml at %s on %s; check path"
+                      % (self.path, sha[:12], self.p["branch"]), "not_found")
+
+    def workload_ref(self, entry):
+        kind = self.p["workload_kind"]
+        namespace = (self.p["workload_namespace"] or (self.kust.get("spec") or {}).get("targetNamespace")
+                     or self.kust_namespace or "default")
+        name = self.p["workload_name"] or self.component
+        workload = call("%s %s/%s" % (kind, namespace, name), "get", KINDS[kind][0], namespace, name, self.api.get,
+                        kind, namespace, name)
+        containers = ((workload.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers", [])
+        container = self.p["container"]
+        if not container:
+            names = (entry.get("newName") or entry.get("name"), entry.get("name"))
+            matching = [c["name"] for c in containers
+                        if (c.get("image") or "").split("@")[0].rsplit(":", 1)[0] in names]
+            container = matching[0] if matching else (containers[0]["name"] if containers else None)
+        live = dict((c.get("name"), c.get("image")) for c in containers).get(container)
+        return {"kind": kind, "namespace": namespace, "name": name, "container": container, "live_image": live,
+                "uid": workload["metadata"].get("uid")}
+
+    # ---- the plan
+    def plan(self, clone):
+        p = self.p
+        clone.clone(p["branch"])
+        head = clone.head()
+        self.head = head
+        rel, text = self.kustomization_file(clone, head)
+        self.kust_namespace = None
+        for line in text.splitlines():
+            if line.startswith("namespace:"):
+                self.kust_namespace = line.split(":", 1)[1].strip()
+        images = _gitops.parse_images(text)
+        entry = _gitops.select_image(images, p["image"], "%s at %s" % (rel, head[:12]))
+        current = {"sha": head, "image": _gitops.image_ref(entry), "digest": entry.get("digest"),
+                   "deployed_sha": self.deployed_sha}
+        self.result["current_ref"] = current
+        log = clone.log(rel)
+        done = _gitops.find_rollback(log, p["incident_id"], self.component)
+        if done:
+            return self.already(done, current)
+        prefix = "%s%s-" % (_gitops.BRANCH_PREFIX, _gitops.slug(self.component))
+        for pr in self.forge.pull_requests(prefix):
+            if "(%s)" % p["incident_id"] in pr["title"]:
+                self.open_pr = pr
+                break
+        # Diverged: Flux deployed a commit the branch does not hold, or the branch holds commits not yet deployed.
+        if self.deployed_sha != head:
+            ahead = clone.is_ancestor(self.deployed_sha, head) if clone.resolve(self.deployed_sha) else False
+            raise Refused(
+                "branch %s (%s) has diverged from what Flux deployed (%s): %s; nothing was changed. %s"
+                % (p["branch"], head[:12], self.deployed_sha[:12],
+                   "the branch has commits not deployed yet" if ahead else "the deployed commit is not in its history",
+                   "Reconcile first (flux reconcile source git %s) and re-plan" % self.source["metadata"]["name"]
+                   if ahead else "Find out who rewrote the branch"), "diverged")
+        releases = _gitops.digest_history([(e["sha"], self.entry_digest(clone, e["sha"], rel, entry["name"]))
+                                           for e in log])
+        reverted = None
+        if p["mode"] == "revert":
+            reverted = self.revert_target(clone, releases, log)
+        target_digest = p["last_good_ref"]
+        if p["mode"] == "pin" and not target_digest:
+            last_good = _gitops.last_good_release(releases, current["digest"])
+            if not last_good:
+                raise Refused("%s has no earlier release of %s with another digest; give last_good_ref"
+                              % (rel, entry["name"]), "no_previous_release")
+            target_digest = last_good["digest"]
+        workload = self.workload_ref(entry)
+        self.workload = workload
+        branch = _gitops.rollback_branch(self.component, utc_now())
+        clone.checkout_new(branch)
+        if p["mode"] == "revert":
+            conflicts = clone.revert(reverted)
+            if conflicts:
+                raise Refused("reverting %s conflicts with later changes on %s (%s); nothing was pushed. Revert it by "
+                              "hand, or pin last_good_ref with mode=pin"
+                              % (reverted[:12], p["branch"], ", ".join(conflicts)), "conflict", conflicts=conflicts)
+            with open(os.path.join(clone.dir, rel)) as handle:
+                after = _gitops.select_image(_gitops.parse_images(handle.read()), entry["name"], rel)
+            if target_digest and after.get("digest") != target_digest:
+                raise Refused("reverting %s gives %s, not last_good_ref %s; nothing was pushed"
+                              % (reverted[:12], after.get("digest"), target_digest), "conflict")
+            target_entry = after
+        else:
+            with open(os.path.join(clone.dir, rel)) as handle:
+                pinned = _gitops.pin_digest(handle.read(), entry["name"], target_digest)
+            with open(os.path.join(clone.dir, rel), "w") as handle:
+                handle.write(pinned)
+            target_entry = dict(entry, digest=target_digest)
+            target_entry.pop("newTag", None)
+        target = {"image": _gitops.image_ref(target_entry), "digest": target_entry.get("digest"), "sha": None}
+        self.result["rollback_target_ref"] = target
+        self.result["from_ref"], self.result["to_ref"] = current["image"], target["image"]
+        live = workload["live_image"]
+        if live not in (current["image"], target["image"]):
+            raise Refused("the live %s %s/%s runs %s, neither what %s holds (%s) nor the target (%s): the cluster has "
+                          "drifted from git; nothing was changed. Find out who changed it"
+                          % (workload["kind"], workload["namespace"], workload["name"], live, p["branch"],
+                             current["image"], target["image"]), "dirty")
+        if self.open_pr and not p["merge"]:
+            self.result["skipped_reason"] = ("pull request #%s for incident %s is already open for review (%s)"
+                                             % (self.open_pr["number"], p["incident_id"], self.open_pr["url"]))
+            self.result["pull_request"] = self.open_pr
+            return None
+        if target["digest"] == current["digest"] and not self.open_pr:
+            self.result["skipped_reason"] = "%s already holds %s on %s" % (rel, target["image"], p["branch"])
+            return None
+        self.result["approval_facts"] = _gitops.release_revisions(releases, target["digest"])
+        binding = _gitops.plan_binding(current, target, self.kust["metadata"].get("uid"), p["mode"], reverted)
+        self.result["binding"] = binding
+        if p["expected_binding"]:
+            check_binding("the config repository %s (%s)" % (p["repo_url"], p["branch"]), p["expected_binding"],
+                          binding)
+        message = _gitops.commit_message(p["mode"], self.component, p["incident_id"], p["reason"], p["actor"],
+                                         current, target, reverted, p["rollback_id"])
+        self.message = message
+        clone.commit_all(message)
+        diff = clone.diff(head)
+        pr = _gitops.pull_request(p["mode"], self.component, p["incident_id"], p["reason"], p["actor"], current,
+                                  target, branch, p["branch"], diff, reverted)
+        if self.open_pr:
+            pr = dict(self.open_pr)
+            branch = pr["head"]
+        self.result.update(branch=branch, commit_diff=diff, pull_request=pr, changed=True)
+        self.result["receipt_fields"] = self.receipt_fields(current, target, reverted, pr)
+        return branch
+
+    def entry_digest(self, clone, sha, rel, name):
+        text = clone.show(sha, rel)
+        if text is None:
+            return None
+        found = [e for e in _gitops.parse_images(text) if e.get("name") == name]
+        return found[0].get("digest") if found else None
+
+    def revert_target(self, clone, releases, log):
+        given = self.p["revert_commit"]
+        if given:
+            sha = clone.resolve(given)
+            if not sha or not clone.is_ancestor(sha, "HEAD"):
+                raise Refused("commit %s is not in the history of %s; nothing was changed. Name a commit of %s"
+                              % (given, self.p["branch"], self.p["branch"]), "not_in_history")
+        else:
+            if not releases:
+                raise Refused("no release of the image is recorded in %s's history" % self.path, "no_previous_release")
+            sha = releases[0]["sha"]
+        if _gitops.is_reverted(sha, _gitops.reverted_shas(e["message"] for e in log)):
+            raise Refused("commit %s is already reverted on %s; nothing was changed" % (sha[:12], self.p["branch"]),
+                          "already_reverted")
+        return sha
+
+    def already(self, done, current):
+        self.result["skipped_reason"] = ("%s already holds the rollback of %s for incident %s (commit %s)"
+                                         % (self.p["branch"], self.component, self.p["incident_id"], done["sha"][:12]))
+        trailers = _gitops.parse_trailers(done["message"])
+        target = {"image": trailers.get(_gitops.T_LAST_GOOD), "digest": (trailers.get(_gitops.T_LAST_GOOD) or "")
+                  .rpartition("@")[2] or None, "sha": current["sha"]}
+        self.result.update(from_ref=current["image"], to_ref=current["image"], rollback_target_ref=target)
+        return None
+
+    def receipt_fields(self, current, target, reverted, pr, merge_sha=None, reconcile=None):
+        return {
+            "component": self.component,
+            "changed_surfaces": ["gitops"],
+            "current_ref": current["sha"],
+            "rollback_target_ref": merge_sha,
+            "from_version": current["image"],
+            "to_version": target["image"],
+            "pull_request_url": pr.get("url"),
+            "pull_request_number": pr.get("number"),
+            "merge_sha": merge_sha,
+            "details": {"repository": self.p["repo_url"], "branch": self.p["branch"], "path": self.path,
+                        "mode": self.p["mode"], "reverted_commit": reverted, "current_digest": current["digest"],
+                        "target_digest": target["digest"], "deployed_sha": current.get("deployed_sha"),
+                        "rollback_branch": pr.get("head"), "reconcile": reconcile},
+        }
+
+    # ---- acting
+    def act(self, clone, branch):
+        p = self.p
+        pr = self.result["pull_request"]
+        if not pr.get("number"):
+            clone.push(branch)
+            self.pushed = True
+            try:
+                pr = self.forge.open_pull_request(pr)
+            except RollbackError:
+                # No pull request, so no branch left behind either (best effort: the forge may be down).
+                if clone.run("push", "--quiet", "origin", "--delete", branch).ok:
+                    self.pushed = False
+                raise
+            self.result["pull_request"] = pr
+        current, target = self.result["current_ref"], self.result["rollback_target_ref"]
+        reverted = self.result["binding"]["reverted_commit"]
+        self.result["receipt_fields"] = self.receipt_fields(current, target, reverted, pr)
+        if not _gitops.may_merge(p["merge"], p["approval"]):
+            self.warnings.append("pull request #%s left open for review (%s)" % (
+                pr["number"], "merge=false" if not p["merge"] else "the approval does not allow a merge"))
+            return
+        self.forge.comment(pr["number"], _gitops.approval_comment(p["approval"]))
+        # The merge commit on the branch carries the rollback's message and trailers too (first-parent history).
+        merge_sha = self.forge.merge(pr["number"], "Merge rollback of %s for %s (#%s)\n\n%s"
+                                     % (self.component, p["incident_id"], pr["number"], self.message or ""))
+        pr = dict(pr, merged=True, merge_sha=merge_sha, state="closed")
+        self.result.update(pull_request=pr, merge_sha=merge_sha)
+        target = dict(target, sha=merge_sha)
+        self.result["rollback_target_ref"] = target
+        self.result["receipt_fields"] = self.receipt_fields(current, target, reverted, pr, merge_sha)
+        if p["delete_branch"]:
+            try:
+                self.forge.delete_branch(pr["head"])
+            except RollbackError as error:
+                self.warnings.append("the rollback branch %s was not deleted: %s" % (pr["head"], error.msg))
+        if p["wait"]:
+            self.reconcile(merge_sha, current, target, reverted, pr)
+
+    def reconcile(self, merge_sha, current, target, reverted, pr):
+        through_freeze = bool(self.frozen and (self.kust.get("spec") or {}).get("suspend"))
+        requested_at = _flux.request_reconcile(self.api, [self.source])
+
+        def on_source(_source, kust):
+            if through_freeze:
+                _flux.set_suspend(self.api, kust, False)
+            _flux.request_reconcile(self.api, [kust])
+
+        workload = dict(self.workload, image=target["image"])
+        try:
+            done, timings, last = _flux.wait_applied(self.api, self.source, self.kust, merge_sha, workload,
+                                                     self.p["wait_timeout"], on_source=on_source)
+        finally:
+            if through_freeze:
+                _flux.set_suspend(self.api, self.kust, True)
+        record = {"done": done, "requested_at": requested_at, "timings": timings, "last": last,
+                  "through_freeze": through_freeze}
+        self.result["reconcile"] = record
+        self.result["receipt_fields"] = self.receipt_fields(current, target, reverted, pr, merge_sha,
+                                                            dict(record, last=None))
+        if not done:
+            progress = last.get("progress") or {}
+            raise RollbackError(
+                "the rollback was merged (%s, pull request #%s) but Flux did not apply it within %ss: source at %s, "
+                "Kustomization Ready=%s (%s: %s), workload %s. The merge stays on %s; see reconcile.last"
+                % (merge_sha[:12], pr.get("number"), self.p["wait_timeout"], progress.get("source_revision"),
+                   progress.get("ready_status"), progress.get("ready_reason"), progress.get("ready_message"),
+                   (last.get("workload") or {}).get("rollout", "not checked"), self.p["branch"]),
+                **dict((k, v) for k, v in self.result.items() if k != "changed"))
+
+
+def execute(run, check_mode, diff_mode=False):
+    """Plan (always) and act (unless check mode); the result is built on ``run.result`` as it goes, so a failure
+    half-way still reports what was done (the branch pushed, the pull request opened)."""
+    params = run.p
+    for name in ("incident_id", "reason"):
+        if not params[name]:
+            raise RollbackError("%s is required: it goes into the rollback commit and pull request, and a second run "
+                                "for the same incident recognizes the first by it" % name)
+    run.read_reconciler()
+    auth = run.forge.git_auth_header()
+    with Clone(params["repo_url"], auth, secrets=[params["repo_token"]]) as clone:
+        branch = run.plan(clone)
+        if branch and not check_mode:
+            run.act(clone, branch)
+    result = run.result
+    if diff_mode and result.get("commit_diff"):
+        result["diff"] = {"prepared": result["commit_diff"]}
+    return result
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    run = None
+    try:
+        require_k8s(module)
+        if not module.params["repo_token"]:
+            raise RollbackError("repo_token is required (or GITOPS_TOKEN / GITEA_TOKEN in the environment)")
+        api = KubeRest(build_api_client(module.params))
+        forge = forge_for(module.params["forge"], module.params["repo_url"], module.params["repo_token"],
+                          api_url=module.params["forge_api_url"],
+                          validate_certs=module.params["forge_validate_certs"])
+        run = Run(module.params, api, forge, module.check_mode)
+        result = execute(run, module.check_mode, module._diff)
+    except Exception as exc:  # pylint: disable=broad-except  # anything unforeseen still ends in fail_json
+        partial = dict(run.result) if run is not None else {}
+        partial["changed"] = bool(run is not None and run.pushed)
+        fail_from_exception(module, exc, **partial)
+    for warning in run.warnings:
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
