@@ -4,8 +4,9 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# pytest workers for make test: test files run in parallel, the files sharing the sandbox's seeded state one after
-# another on one worker (tests/conftest.py); most of a playbook test waits on the platform, so more workers than cores.
+# pytest workers for make test: test files run in parallel, the files sharing one part of the sandbox's seeded state
+# one after another on one worker, then the few that change all of it alone (tests/conftest.py); most of a playbook
+# test waits on the platform, so more workers than cores.
 PYTEST_WORKERS ?= 3
 RVENV := .venv-release
 COLL_LINK := build/collections/ansible_collections/governed/rollback
@@ -76,7 +77,8 @@ molecule: sandbox-up
 	for f in molecule/*/molecule.yml; do s=$$(basename $$(dirname $$f)); $(BIN)/molecule test -s "$$s" || exit 1; done
 
 test: collection sandbox-up
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests/unit tests/sandbox tests/integration
+	GOVERNED_TESTS=parallel $(BIN)/pytest -q -n $(PYTEST_WORKERS) tests/unit tests/sandbox tests/integration
+	GOVERNED_TESTS=exclusive $(BIN)/pytest -q tests/sandbox tests/integration
 	$(MAKE) --no-print-directory molecule
 	$(MAKE) --no-print-directory drill
 

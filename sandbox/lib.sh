@@ -114,6 +114,7 @@ health_check() {
         || bad="$bad aureus-guard"
     # The governed API (PEP) and Prometheus; an env file from before they existed is unhealthy, so up.sh restarts.
     curl -sf "${SANDBOX_PEP_URL:-http://127.0.0.1:1}/health" >/dev/null 2>&1 || bad="$bad pep"
+    curl -sf "${SANDBOX_API_PEP_URL:-http://127.0.0.1:1}/health" >/dev/null 2>&1 || bad="$bad pep-api"
     curl -sf "${SANDBOX_PROMETHEUS_URL:-http://127.0.0.1:1}/-/ready" >/dev/null 2>&1 || bad="$bad prometheus"
     curl -sf "${SANDBOX_S3_ENDPOINT_URL:-http://127.0.0.1:1}/healthz" >/dev/null 2>&1 || bad="$bad seaweedfs"
     # GitOps (issue 17): Gitea answers and Flux's Kustomization of aureus-api exists (an older env file: restart).

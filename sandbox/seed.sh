@@ -35,7 +35,6 @@ fi
 # git only: open rollback pull requests closed, ops/rollback-* branches deleted, main force-pushed to the seeded bad
 # release commit, a freeze lifted, and a reconcile requested; the cluster's workload is never edited.
 # `seed.sh --reset gitops` does this block alone.
-gitops_digest() { printf 'sha256:%s' "$(printf 'aureus/api:%s' "$1" | sha256sum | cut -d' ' -f1)"; }
 gitea_api() {  # METHOD PATH [JSON]: the Gitea API with the token read from its 0600 header file
     curl -sf -X "$1" -H @"$SANDBOX_GITEA_AUTH_HEADER_FILE" -H 'Content-Type: application/json' \
         ${3:+--data "$3"} "$SANDBOX_GITEA_URL/api/v1$2"

@@ -193,6 +193,14 @@ start_component pep "$GUARD_PY" "$HERE/pep/pep_api.py" --port "$PEP_PORT" --metr
     --opa-url "http://127.0.0.1:$OPA_PORT" --kubeconfig "$KUBECONFIG_PATH" \
     --traffic-interval "${SANDBOX_PEP_TRAFFIC_INTERVAL:-0.1}"
 wait_for pep 30 curl -sf "http://127.0.0.1:$PEP_METRICS_PORT/metrics"
+# The same program standing for aureus-api, the GitOps-managed PEP (sandbox/gitops.sh): its bad release is the
+# seeded v1.5.0 digest (5xx and slow), the last good v1.4.0 is neither. Without the GitOps loop it follows nothing.
+API_PEP_PORT=$(free_port); API_PEP_METRICS_PORT=$(free_port)
+start_component pep-api "$GUARD_PY" "$HERE/pep/pep_api.py" --port "$API_PEP_PORT" \
+    --metrics-port "$API_PEP_METRICS_PORT" --opa-url "http://127.0.0.1:$OPA_PORT" --kubeconfig "$KUBECONFIG_PATH" \
+    --deployment aureus-api --bad-image "aureus/api@$(gitops_digest v1.5.0)" --slow-image none \
+    --traffic-interval "${SANDBOX_PEP_TRAFFIC_INTERVAL:-0.1}"
+wait_for pep-api 30 curl -sf "http://127.0.0.1:$API_PEP_METRICS_PORT/metrics"
 mkdir -p "$STATE/prometheus"
 cat >"$STATE/prometheus/prometheus.yml" <<EOF
 global:
@@ -203,6 +211,9 @@ scrape_configs:
   - job_name: pep
     static_configs:
       - targets: ["127.0.0.1:$PEP_METRICS_PORT"]
+  - job_name: pep-api
+    static_configs:
+      - targets: ["127.0.0.1:$API_PEP_METRICS_PORT"]
   - job_name: opa
     static_configs:
       - targets: ["127.0.0.1:$OPA_PORT"]
@@ -268,6 +279,8 @@ export SANDBOX_PEP_URL=http://127.0.0.1:$PEP_PORT
 export SANDBOX_PEP_METRICS_URL=http://127.0.0.1:$PEP_METRICS_PORT
 export SANDBOX_PEP_LOG=$STATE/logs/pep.log
 export SANDBOX_PEP_PYTHON=$GUARD_PY
+export SANDBOX_API_PEP_URL=http://127.0.0.1:$API_PEP_PORT
+export SANDBOX_API_PEP_LOG=$STATE/logs/pep-api.log
 export SANDBOX_PROMETHEUS_URL=http://127.0.0.1:$PROM_PORT
 EOF
 

@@ -28,6 +28,9 @@ FLUX_VERSION=${FLUX_VERSION:-v1.9.6}
 GITEA_DIR=$CACHE/gitea-$GITEA_VERSION
 GITEA_BIN=$GITEA_DIR/bin
 FLUX_BIN=$CACHE/flux-$FLUX_VERSION/bin
+# The digest of a seeded aureus-api release (seed.sh writes it into the config repository; the governed API that
+# stands for aureus-api is told which one is the bad release): sha256 of "aureus/api:<version>".
+gitops_digest() { printf 'sha256:%s' "$(printf 'aureus/api:%s' "$1" | sha256sum | cut -d' ' -f1)"; }
 
 SANDBOX_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${GOVERNED_ROLLBACK_STATE:-$SANDBOX_ROOT/.sandbox}

@@ -39,6 +39,8 @@ def main(state):
         # The governed API (PEP) and Prometheus, for rollback_verify.
         "pep_url": env.get("SANDBOX_PEP_URL", ""),
         "pep_log": env.get("SANDBOX_PEP_LOG", ""),
+        "api_pep_url": env.get("SANDBOX_API_PEP_URL", ""),  # the one standing for aureus-api (GitOps)
+        "api_pep_log": env.get("SANDBOX_API_PEP_LOG", ""),
         "prometheus_url": env.get("SANDBOX_PROMETHEUS_URL", ""),
         # GitOps (issue 17): the forge and the config repository; the token's file, never the token.
         "gitea_url": env.get("SANDBOX_GITEA_URL", ""),

@@ -20,34 +20,54 @@ pytest_plugins = ["tests.sandbox_fixtures"]
 
 
 
-# Parallel runs (make test: pytest -n N): each test file is one unit of work, kept on one worker in file order, so
-# its module fixtures and its own sequence hold. Files that change state other files read (the sandbox's seeded
-# world: `seed.sh --reset`, AUREUS Guard, the aureus namespace and its database, the GitOps loop, the governed API
-# that follows them) are one unit and run one after another on a single worker. pytest-xdist's own `loadgroup`
-# cannot do this with pytest 9 (it rewrites Item._nodeid, which pytest 9 no longer reads), so the scheduler is ours:
-# xdist's LoadScopeScheduling with the scope of a test computed here.
-SHARED_STATE = "sandbox-seeded-state"
-SHARED_STATE_FILES = frozenset((
-    "tests/sandbox/test_sandbox.py",  # seed.sh --reset (everything)
-    "tests/sandbox/test_guard_api.py",  # seed.sh --reset guard
-    "tests/integration/test_snapshot_rollback.py",  # AUREUS Guard's pipelines and snapshots
-    "tests/integration/test_rollback_state_playbook.py",
-    "tests/integration/test_rollback_db_playbook.py",  # aureus_metadata, seed.sh --reset database
-    "tests/integration/test_pg_schema_downgrade.py",
-    "tests/integration/test_verify_playbooks.py",  # seed.sh --reset; rolls the seeded aureus world back
-    "tests/integration/test_rollback_verify.py",  # the governed API answers as the live aureus world is
-    "tests/integration/test_rollback_policy_playbook.py",  # the sandbox's OPA and its bundle server
-    "tests/integration/test_policy_bundle_revert.py",
-    "tests/integration/test_gitops_playbook.py",  # the GitOps loop: aureus-deploy, aureus/aureus-api
-    "tests/integration/test_gitops_revert.py",
-    "tests/integration/test_gitops_freeze.py",
+# Parallel runs (make test): each test file is one unit of work, kept on one worker in file order, so its module
+# fixtures and its own sequence hold. Files that change seeded state other files read are grouped by that state and
+# a group runs one file after another on a single worker: AUREUS Guard, the database aureus_metadata, the sandbox's
+# OPA with the governed APIs that ask it (and follow the aureus world), the GitOps loop. Files that change several of
+# those at once (a full `seed.sh --reset`, every type's rollback, a frozen kube-controller-manager) are exclusive:
+# `make test` runs them after the parallel run, alone (GOVERNED_TESTS=exclusive; GOVERNED_TESTS=parallel runs the
+# rest). pytest-xdist's own `loadgroup` cannot do this with pytest 9 (it rewrites Item._nodeid, which pytest 9 no
+# longer reads), so the scheduler is ours: xdist's LoadScopeScheduling with the scope of a test computed here.
+SHARED_STATE = {
+    "tests/sandbox/test_guard_api.py": "guard",  # seed.sh --reset guard
+    "tests/integration/test_snapshot_rollback.py": "guard",
+    "tests/integration/test_rollback_state_playbook.py": "guard",
+    "tests/integration/test_rollback_db_playbook.py": "database",  # seed.sh --reset database
+    "tests/integration/test_pg_schema_downgrade.py": "database",
+    "tests/integration/test_rollback_policy_playbook.py": "opa",  # the sandbox's OPA and its bundle server
+    "tests/integration/test_policy_bundle_revert.py": "opa",
+    "tests/integration/test_rollback_verify.py": "opa",  # the governed APIs answer as OPA and the aureus world do
+    "tests/integration/test_gitops_playbook.py": "gitops",  # aureus-deploy in Gitea, Flux, aureus/aureus-api
+    "tests/integration/test_gitops_revert.py": "gitops",
+    "tests/integration/test_gitops_freeze.py": "gitops",
+}
+EXCLUSIVE_FILES = frozenset((
+    "tests/sandbox/test_sandbox.py",  # seed.sh --reset (everything), stops and starts components
+    "tests/integration/test_verify_playbooks.py",  # seed.sh --reset; rolls the aureus world, OPA and GitOps back
+    "tests/integration/test_fleet_backends_every_type.py",  # every type's rollback on the seeded incident
+    "tests/integration/test_rollout_undo_unobserved.py",  # freezes the sandbox's kube-controller-manager (SIGSTOP)
 ))
 
 
+def _relative(path):
+    return os.path.relpath(str(path), ROOT)
+
+
+def pytest_ignore_collect(collection_path, config):  # pylint: disable=unused-argument
+    """GOVERNED_TESTS=parallel leaves the exclusive files out, GOVERNED_TESTS=exclusive collects only them."""
+    phase = os.environ.get("GOVERNED_TESTS", "")
+    if phase not in ("parallel", "exclusive") or not collection_path.name.startswith("test_"):
+        return None
+    if collection_path.suffix != ".py":
+        return None
+    exclusive = _relative(collection_path) in EXCLUSIVE_FILES
+    return True if (phase == "parallel") == exclusive else None
+
+
 def scope_of(nodeid):
-    """The unit of parallel work a test belongs to: its file, or the shared-state group."""
+    """The unit of parallel work a test belongs to: its shared-state group, or its file."""
     path = nodeid.split("::", 1)[0]
-    return SHARED_STATE if path in SHARED_STATE_FILES else path
+    return SHARED_STATE.get(path, path)
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -4,10 +4,8 @@ Every test builds its own workload history in its own namespace. KWOK makes pods
 the chaos label never becomes Ready, which is how a release (or a rollback target) "fails".
 """
 
-import contextlib
 import json
 import os
-import signal
 import tempfile
 import threading
 import time
@@ -302,36 +300,6 @@ def test_rollback_of_a_paused_deployment_is_refused_and_changes_nothing(kubectl,
 
     assert_refused_and_unchanged(kubectl, namespace, result, failed, "paused", before)
     assert "kubectl rollout resume deployment/web -n %s" % namespace in result["msg"]
-
-
-@contextlib.contextmanager
-def controller_manager_frozen(sandbox_env):
-    """Freeze the sandbox's real kube-controller-manager (SIGSTOP) so a spec change stays unobserved; thaw after."""
-    with open(os.path.join(sandbox_env["SANDBOX_STATE"], "pids", "kube-controller-manager.pid")) as handle:
-        pid = int(handle.read().strip())
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
-def test_rollback_while_the_controller_has_not_observed_the_spec_is_refused(
-        kubectl, run_module, namespace, sandbox_env):
-    workload_with_history(kubectl, namespace, ["app:v1", "app:v2"])
-    with controller_manager_frozen(sandbox_env):
-        kubectl("scale", "deployment/web", "-n", namespace, "--replicas=3")
-        before = get(kubectl, "deployment", namespace, "web")
-        assert before["metadata"]["generation"] > before["status"]["observedGeneration"]
-
-        failed, result = run_module(namespace=namespace, name="web")
-
-        assert_refused_and_unchanged(kubectl, namespace, result, failed, "generation_not_observed",
-                                     before["metadata"]["resourceVersion"])
-        assert "has generation %d but its controller has only observed generation %d" % (
-            before["metadata"]["generation"], before["status"]["observedGeneration"]) in result["msg"]
-    wait_observed(kubectl, "deployment", namespace, "web")
-    assert container_image(get(kubectl, "deployment", namespace, "web")) == "app:v2"
 
 
 def test_rollback_to_a_pruned_revision_is_refused_listing_what_is_left(kubectl, run_module, namespace):

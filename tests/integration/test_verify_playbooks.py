@@ -21,6 +21,7 @@ import urllib.request
 import pytest
 import yaml
 
+from tests.integration import _gitops as g
 from tests.integration import _playbook as pb
 from tests.sandbox_env import ROOT
 
@@ -52,14 +53,15 @@ class World:
         assert not failed, result
         return dict((m["name"], (m["result"], m["value"])) for m in result["verification_details"]["metrics"])
 
-    def settle(self, selector, timeout=60):
-        """Until Prometheus has seen only ``selector``'s series of a PEP gauge for 10 s (its 6 s rates then measure
-        that state alone, not the transition into it): a gauge the PEP exports for the live release, config or
-        policy revision (pep_release_info{image=...}, pep_config_evidence_retention_days, ...)."""
-        name = selector.split("{")[0]
-        query = "count_over_time(%s[10s]) >= 4 unless on() changes(%s[10s]) > 0" % (selector, name)
-        if "{" in selector:  # and no sample of another label value (the release before) in those 10 s
-            query += " unless on() count_over_time(%s{%s}[10s])" % (name, _negate(selector))
+    def settle(self, metric, job="pep", timeout=60, **label):
+        """Until Prometheus has seen ``metric`` of the PEP ``job`` unchanged for 10 s, with ``label`` (one
+        ``name=value``, the live release's image or the policy revision) and no other value of that label: its 6 s
+        rates then measure that state alone, not the transition into it (pep_release_info{image=...},
+        pep_config_evidence_retention_days, ...)."""
+        selector = '%s{job="%s"%s}' % (metric, job, "".join(',%s="%s"' % kv for kv in label.items()))
+        query = 'count_over_time(%s[10s]) >= 4 unless on() changes(%s{job="%s"}[10s]) > 0' % (selector, metric, job)
+        for name, value in label.items():  # and no sample of another value (the release before) in those 10 s
+            query += ' unless on() count_over_time(%s{job="%s",%s!="%s"}[10s])' % (metric, job, name, value)
         deadline = time.time() + timeout
         while True:
             url = "%s/api/v1/query?%s" % (self.env["SANDBOX_PROMETHEUS_URL"], urllib.parse.urlencode({"query": query}))
@@ -92,11 +94,6 @@ class World:
         return found[0]
 
 
-def _negate(selector):
-    """The label matcher of ``selector`` negated (``image="x"`` -> ``image!="x"``)."""
-    return selector.split("{", 1)[1].rstrip("}").replace("=", "!=")
-
-
 @pytest.fixture(scope="module")
 def world(sandbox_env, tmp_path_factory):
     subprocess.run([os.path.join(ROOT, "sandbox", "seed.sh"), "--reset"], check=True, capture_output=True,
@@ -109,7 +106,7 @@ def _metrics(receipt):
 
 
 def test_a_rollback_to_a_release_that_is_also_slow_fails_verification_with_failure_evidence(world):
-    world.settle('pep_release_info{image="aureus/frontend:v0.1.2"}')  # the seeded incident's release
+    world.settle("pep_release_info", image="aureus/frontend:v0.1.2")  # the seeded incident's release
     before = world.wait_for("deployment", "fail")
     assert before["error_rate_5xx"][1] > 0.2 and before["latency_p95_seconds"][1] > 0.25, before
     run = world.run("playbooks/rollback-deploy.yml", target_rev=1, approvals=["eng-lead"],
@@ -129,7 +126,7 @@ def test_a_rollback_to_a_release_that_is_also_slow_fails_verification_with_failu
 
 
 def test_the_deployment_rollback_brings_5xx_and_p95_back_with_the_values_in_the_receipt(world):
-    world.settle('pep_release_info{image="aureus/frontend:v0.1.0"}')
+    world.settle("pep_release_info", image="aureus/frontend:v0.1.0")
     slow = world.wait_for("deployment", "fail", names=["latency_p95_seconds"])  # v0.1.0, the scenario before
     assert slow["error_rate_5xx"] == ("pass", 0.0)  # v0.1.0 answers no 5xx: a measured baseline of 0
     baseline_at = "%.3f" % time.time()
@@ -180,3 +177,26 @@ def test_the_policy_rollback_lets_analysts_routine_reads_through_again(world):
     assert all(p["result"] == "pass" for p in receipt["verification_details"]["policy_invariants"])
     metric = _metrics(receipt)["analyst_low_pii_denial_ratio"]
     assert metric["result"] == "pass" and metric["value"] < 0.05
+
+
+def test_the_gitops_rollback_brings_the_api_back_with_the_values_in_the_receipt(world):
+    g.reset()  # aureus-deploy's main at the bad release v1.5.0, no freeze
+    try:
+        world.settle("pep_release_info", job="pep-api", image=g.BAD)
+        before = world.wait_for("gitops", "fail")
+        assert before["error_rate_5xx"][1] > 0.2 and before["latency_p95_seconds"][1] > 0.25, before
+        run = world.run("playbooks/rollback-gitops.yml", rollback_id="rollback-verify-gitops",
+                        incident_id="INC-VERIFY-GITOPS", reason="aureus-api v1.5.0 answers 500", wait_timeout=120)
+        assert run.status == "successful", run.explain()
+        receipt = world.receipt("rollback-verify-gitops")
+        assert receipt["outcome"] == "succeeded" and receipt["to_version"] == g.GOOD
+        verification = receipt["verification"]
+        assert all(verification[k] == "pass" for k in ("health", "metrics_normal", "policy_invariants",
+                                                       "contract_smoke", "logs_clean")), verification
+        metrics = _metrics(receipt)
+        assert metrics["error_rate_5xx"]["result"] == "pass" and metrics["error_rate_5xx"]["value"] <= 0.01
+        assert metrics["latency_p95_seconds"]["result"] == "pass" and metrics["latency_p95_seconds"]["value"] < 0.25
+        assert all(c["result"] == "pass" for c in receipt["verification_details"]["contracts"])
+        assert all(p["result"] == "pass" for p in receipt["verification_details"]["policy_invariants"])
+    finally:
+        g.reset()
