@@ -105,6 +105,15 @@ def image_ref(entry):
     return "%s:%s" % (name, entry.get("newTag") or "latest")
 
 
+def digest_of(ref):
+    """The digest of ``last_good_ref`` given as ``sha256:<hex>`` or as an image reference ``name@sha256:<hex>``
+    (what a workload runs after an in-cluster rollback), else the value unchanged (pin_digest refuses it)."""
+    value = (ref or "").strip()
+    if "@" in value:
+        value = value.rpartition("@")[2]
+    return value if DIGEST_RE.match(value) else ref
+
+
 def pin_digest(text, image, digest):
     """The Kustomization text with the ``images:`` entry ``image`` pinned to ``digest`` (a ``newTag`` is replaced:
     a digest wins over a tag in Kustomize). Every other line is kept byte for byte."""
@@ -302,6 +311,26 @@ def normalize_repo_url(url):
     if path.endswith(".git"):
         path = path[:-4]
     return "%s://%s%s" % (match.group("scheme").lower(), match.group("host").lower(), path)
+
+
+def reconciled_source(gitrepository, kustomization):
+    """Where a Flux Kustomization takes its manifests from: ``{repo_url, branch, path}`` (the GitRepository's URL
+    without credentials, the branch it follows, the Kustomization's ``spec.path``). Refuses (``not_reconciled``) a
+    source that follows a tag, a semver range or a commit: a pull request cannot move those."""
+    spec = gitrepository.get("spec") or {}
+    where = "GitRepository %s/%s" % (gitrepository["metadata"]["namespace"], gitrepository["metadata"]["name"])
+    ref = spec.get("ref") or {}
+    pinned = [key for key in ("tag", "semver", "commit", "name") if ref.get(key)]
+    if pinned and not ref.get("branch"):
+        raise Refused("%s follows %s %s, not a branch: a pull request cannot re-align it; change the reference by "
+                      "hand" % (where, pinned[0], ref[pinned[0]]), "not_reconciled")
+    url = re.sub(r"^([a-z][a-z0-9+.-]*://)[^@/]*@", r"\1", (spec.get("url") or "").strip(), flags=re.I)
+    if not re.match(r"^https?://", url, re.I):
+        raise Refused("%s pulls %s; only HTTP(S) repositories are supported (the forge's API and token are HTTP)"
+                      % (where, url or "nothing"), "not_reconciled")
+    path = ((kustomization.get("spec") or {}).get("path") or "./").strip()
+    path = path.lstrip("./").rstrip("/") or "."
+    return {"repo_url": url, "branch": ref.get("branch") or "master", "path": path}
 
 
 def check_reconciled_from(repo_url, branch, path, gitrepository, kustomization):

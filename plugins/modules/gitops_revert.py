@@ -41,9 +41,12 @@ description:
   - Argo CD-managed workloads and Helm values pins are not supported by this version.
 options:
   repo_url:
-    description: HTTP(S) URL of the config repository, without credentials (the GitRepository's C(spec.url)).
+    description:
+      - HTTP(S) URL of the config repository, without credentials (the GitRepository's C(spec.url)).
+      - When not given, O(repo_url), O(branch) and O(path) are read from the Kustomization O(kustomization) - its
+        C(sourceRef) GitRepository's C(spec.url) (credentials stripped) and C(spec.ref.branch), and its
+        C(spec.path). A source that follows a tag, a semver range or a commit is refused.
     type: str
-    required: true
   repo_token:
     description:
       - The forge's API token; also used by git over HTTPS. Never logged.
@@ -62,13 +65,13 @@ options:
     type: bool
     default: true
   branch:
-    description: The branch Flux reconciles from (the pull request's base).
+    description: The branch Flux reconciles from (the pull request's base); C(main) when O(repo_url) is given,
+      else the GitRepository's.
     type: str
-    default: main
   path:
-    description: Directory of the component's Kustomization in the repository (the Flux Kustomization's C(spec.path)).
+    description: Directory of the component's Kustomization in the repository (the Flux Kustomization's
+      C(spec.path)); read from the Kustomization when not given.
     type: str
-    required: true
   mode:
     description: Revert a commit, or pin the last good digest into the Kustomization's C(images:).
     type: str
@@ -80,8 +83,9 @@ options:
     type: str
   last_good_ref:
     description:
-      - The image digest (C(sha256:<hex>)) to pin (O(mode=pin)); found by the documented rule when not given. With
-        O(mode=revert) it is checked against what the revert produces.
+      - The image digest (C(sha256:<hex>), or an image reference C(name@sha256:<hex>) whose digest is taken) to pin
+        (O(mode=pin)); found by the documented rule when not given. With O(mode=revert) it is checked against what
+        the revert produces.
     type: str
   image:
     description: The C(images:) entry's C(name); by default the only entry.
@@ -218,6 +222,10 @@ receipt_fields:
     C(pull_request_number), C(merge_sha), C(details)).
   returned: when a plan was made
   type: dict
+source:
+  description: Where the rollback goes - C(repo_url), C(branch), C(path) (given, or read from the Kustomization).
+  returned: once the source is known (also on failure)
+  type: dict
 pull_request:
   description: The pull request opened (or, in check mode, that would be opened) - C(number), C(url), C(head),
     C(base), C(title), C(body), C(state), C(merged), C(merge_sha).
@@ -263,13 +271,13 @@ from ansible_collections.governed.rollback.plugins.module_utils._workload import
 
 def argument_spec():
     return _argspec.compose(dict(
-        repo_url=dict(type="str", required=True),
+        repo_url=dict(type="str"),
         repo_token=dict(type="str", no_log=True, fallback=(env_fallback, ["GITOPS_TOKEN", "GITEA_TOKEN"])),
         forge=dict(type="str", choices=["gitea"], default="gitea"),
         forge_api_url=dict(type="str"),
         forge_validate_certs=dict(type="bool", default=True),
-        branch=dict(type="str", default="main"),
-        path=dict(type="str", required=True),
+        branch=dict(type="str"),
+        path=dict(type="str"),
         mode=dict(type="str", choices=["revert", "pin"], default="revert"),
         revert_commit=dict(type="str"),
         last_good_ref=dict(type="str"),
@@ -299,7 +307,8 @@ class Run(object):
         self.check_mode = check_mode
         self.path = params["path"].strip("/").lstrip("./") or "."
         self.component = params["component"] or os.path.basename(self.path.rstrip("/"))
-        self.result = {"changed": False, "skipped_reason": None}
+        self.result = {"changed": False, "skipped_reason": None,
+                       "source": {"repo_url": params["repo_url"], "branch": params["branch"], "path": self.path}}
         self.warnings = []
         self.pushed = False
         self.open_pr = None
@@ -388,7 +397,7 @@ class Run(object):
         reverted = None
         if p["mode"] == "revert":
             reverted = self.revert_target(clone, releases, log)
-        target_digest = p["last_good_ref"]
+        target_digest = _gitops.digest_of(p["last_good_ref"]) if p["last_good_ref"] else None
         if p["mode"] == "pin" and not target_digest:
             last_good = _gitops.last_good_release(releases, current["digest"])
             if not last_good:
@@ -595,6 +604,23 @@ def execute(run, check_mode, diff_mode=False):
     return result
 
 
+def resolve_source(api, params):
+    """Fill repo_url, branch and path from the Kustomization when repo_url is not given (the emergency path's
+    re-alignment knows the workload's Kustomization, not its repository); ``branch`` defaults to main otherwise."""
+    if params["repo_url"]:
+        if not params["path"]:
+            raise RollbackError("path is required with repo_url (or give neither: both are then read from "
+                                "Kustomization %s/%s)" % (params["kustomization_namespace"], params["kustomization"]))
+        params["branch"] = params["branch"] or "main"
+        return None
+    kust = _flux.get(api, "Kustomization", params["kustomization_namespace"], params["kustomization"])
+    source = _gitops.reconciled_source(_flux.source_of(api, kust), kust)
+    params["repo_url"] = source["repo_url"]
+    params["branch"] = params["branch"] or source["branch"]
+    params["path"] = params["path"] or source["path"]
+    return source
+
+
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     run = None
@@ -603,6 +629,7 @@ def main():
         if not module.params["repo_token"]:
             raise RollbackError("repo_token is required (or GITOPS_TOKEN / GITEA_TOKEN in the environment)")
         api = KubeRest(build_api_client(module.params))
+        resolve_source(api, module.params)
         forge = forge_for(module.params["forge"], module.params["repo_url"], module.params["repo_token"],
                           api_url=module.params["forge_api_url"],
                           validate_certs=module.params["forge_validate_certs"])

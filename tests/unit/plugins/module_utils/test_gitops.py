@@ -154,6 +154,37 @@ def test_the_repository_must_be_the_one_the_cluster_reconciles_from():
     assert _gitops.normalize_repo_url("HTTP://user:pw@Git.Example:3000/o/r.git/") == "http://git.example:3000/o/r"
 
 
+def test_the_source_of_a_kustomization_is_its_repository_branch_and_path():
+    source, kust = _flux(url="https://bot:s3cret@git.example/o/aureus-deploy.git", branch="release")
+    found = _gitops.reconciled_source(source, kust)
+    assert found == {"repo_url": "https://git.example/o/aureus-deploy.git", "branch": "release",
+                     "path": "apps/aureus-api"}
+    _gitops.check_reconciled_from(found["repo_url"], found["branch"], found["path"], source, kust)
+    source["spec"]["ref"] = {}
+    assert _gitops.reconciled_source(source, {"spec": {}})["branch"] == "master"  # Flux's default
+    assert _gitops.reconciled_source(source, {"spec": {}})["path"] == "."
+
+
+@pytest.mark.parametrize("ref", [{"tag": "v1.4.0"}, {"semver": ">=1.0"}, {"commit": "a" * 40}])
+def test_a_source_that_follows_no_branch_cannot_be_realigned_by_a_pull_request(ref):
+    source, kust = _flux()
+    source["spec"]["ref"] = ref
+    with pytest.raises(Refused, match="not a branch") as err:
+        _gitops.reconciled_source(source, kust)
+    assert err.value.code == "not_reconciled"
+    source["spec"]["ref"] = {"branch": "main"}
+    source["spec"]["url"] = "ssh://git@git.example/o/r.git"
+    with pytest.raises(Refused, match="only HTTP"):
+        _gitops.reconciled_source(source, kust)
+
+
+def test_the_digest_is_taken_from_an_image_reference():
+    assert _gitops.digest_of("aureus/api@" + GOOD) == GOOD
+    assert _gitops.digest_of("registry:5000/aureus/api@" + GOOD) == GOOD
+    assert _gitops.digest_of(GOOD) == GOOD
+    assert _gitops.digest_of("aureus/api:v1.4.0") == "aureus/api:v1.4.0"  # not a digest: pin_digest refuses it
+
+
 def _status(source_rev, applied, attempted, ready, reason="ReconciliationSucceeded", generation=2, observed=2):
     source = {"status": {"artifact": {"revision": "main@sha1:" + source_rev}}}
     kust = {"metadata": {"generation": generation},
