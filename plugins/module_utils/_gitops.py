@@ -105,6 +105,48 @@ def image_ref(entry):
     return "%s:%s" % (name, entry.get("newTag") or "latest")
 
 
+def tag_of(ref):
+    """The tag of an image reference ``name:tag`` (or a bare tag), else None: what a pin writes as ``newTag`` when
+    the image that runs has no digest."""
+    value = (ref or "").strip()
+    if not value or "@" in value or DIGEST_RE.match(value):
+        return None
+    tag = value.rsplit(":", 1)[1] if ":" in value.rsplit("/", 1)[-1] else (value if "/" not in value else None)
+    return tag if tag and re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", tag) else None
+
+
+def _entry_lines(text, image):
+    """The text's lines (with and without their line ends), the ``images:`` entry named ``image`` and the line end
+    it uses: what a pin edits in place."""
+    lines = text.splitlines(True)
+    bare = [line.rstrip("\r\n") for line in lines]
+    block = _images_block(bare)
+    entries = _entries(bare, block) if block else []
+    entry = next((e for e in entries if e["fields"].get("name") == image), None)
+    if entry is None:
+        raise Refused("the Kustomization has no images: entry named %r" % image, "no_image")
+    return lines, bare, entry, "\r\n" if lines[entry["start"]].endswith("\r\n") else "\n"
+
+
+def pin_tag(text, image, tag):
+    """The Kustomization text with the ``images:`` entry ``image`` set to ``newTag: "<tag>"``; its ``digest`` (which
+    would win over the tag) is replaced. Every other line is kept byte for byte."""
+    lines, bare, entry, newline = _entry_lines(text, image)
+    value = '"%s"' % tag
+    drop = [entry["lines"][key] for key in ("digest", "newTag") if key in entry["lines"]]
+    keep = drop[0] if drop else None
+    for index in sorted(drop, reverse=True):
+        if index == keep:
+            dash = bare[index].lstrip().startswith("- ")
+            lines[index] = ("%s- newTag: %s%s" % (" " * (entry["indent"] - 2), value, newline) if dash
+                            else "%snewTag: %s%s" % (" " * entry["indent"], value, newline))
+        else:
+            del lines[index]
+    if keep is None:
+        lines.insert(entry["end"], "%snewTag: %s%s" % (" " * entry["indent"], value, newline))
+    return "".join(lines)
+
+
 def digest_of(ref):
     """The digest of ``last_good_ref`` given as ``sha256:<hex>`` or as an image reference ``name@sha256:<hex>``
     (what a workload runs after an in-cluster rollback), else the value unchanged (pin_digest refuses it)."""
@@ -119,14 +161,7 @@ def pin_digest(text, image, digest):
     a digest wins over a tag in Kustomize). Every other line is kept byte for byte."""
     if not DIGEST_RE.match(digest or ""):
         raise RollbackError("last_good_ref %r is not an image digest (sha256:<64 hex>)" % (digest,))
-    lines = text.splitlines(True)
-    bare = [line.rstrip("\r\n") for line in lines]
-    block = _images_block(bare)
-    entries = _entries(bare, block) if block else []
-    entry = next((e for e in entries if e["fields"].get("name") == image), None)
-    if entry is None:
-        raise Refused("the Kustomization has no images: entry named %r" % image, "no_image")
-    newline = "\r\n" if lines[entry["start"]].endswith("\r\n") else "\n"
+    lines, bare, entry, newline = _entry_lines(text, image)
     new_line = "%sdigest: %s%s" % (" " * entry["indent"], digest, newline)
     if "digest" in entry["lines"]:
         index = entry["lines"]["digest"]
@@ -232,7 +267,7 @@ def commit_message(mode, component, incident_id, reason, actor, current, target,
     if mode == "revert":
         subject = "rollback(%s): revert %s for %s" % (component, reverted_commit[:12], incident_id)
     else:
-        subject = "rollback(%s): pin %s for %s" % (component, target["digest"], incident_id)
+        subject = "rollback(%s): pin %s for %s" % (component, target["digest"] or target["image"], incident_id)
     body = [subject, "", _one_line(reason) or "(no reason given)", ""]
     if mode == "revert":
         body += ["This reverts commit %s." % reverted_commit, ""]
@@ -250,7 +285,8 @@ def commit_message(mode, component, incident_id, reason, actor, current, target,
 def pull_request(mode, component, incident_id, reason, actor, current, target, branch, base, diff,
                  reverted_commit=None):
     """Title and body of the rollback's pull request (what a reviewer needs to expedite it)."""
-    title = "Rollback %s to %s (%s)" % (component, target["digest"][:19], incident_id)
+    title = "Rollback %s to %s (%s)" % (component, target["digest"][:19] if target["digest"] else target["image"],
+                                         incident_id)
     what = ("Reverts %s." % reverted_commit if mode == "revert"
             else "Pins `%s` to the last known good digest." % target["image"])
     body = "\n".join([

@@ -86,6 +86,8 @@ options:
       - The image digest (C(sha256:<hex>), or an image reference C(name@sha256:<hex>) whose digest is taken) to pin
         (O(mode=pin)); found by the documented rule when not given. With O(mode=revert) it is checked against what
         the revert produces.
+      - With O(mode=pin), an image reference without a digest (C(name:tag)) pins its tag (C(newTag), replacing
+        the entry's C(digest)): what a workload whose image has no digest runs after an in-cluster rollback.
     type: str
   image:
     description: The C(images:) entry's C(name); by default the only entry.
@@ -397,8 +399,10 @@ class Run(object):
         reverted = None
         if p["mode"] == "revert":
             reverted = self.revert_target(clone, releases, log)
-        target_digest = _gitops.digest_of(p["last_good_ref"]) if p["last_good_ref"] else None
-        if p["mode"] == "pin" and not target_digest:
+        ref = p["last_good_ref"]
+        target_tag = _gitops.tag_of(ref) if p["mode"] == "pin" and ref else None
+        target_digest = _gitops.digest_of(ref) if ref and not target_tag else None
+        if p["mode"] == "pin" and not target_digest and not target_tag:
             last_good = _gitops.last_good_release(releases, current["digest"])
             if not last_good:
                 raise Refused("%s has no earlier release of %s with another digest; give last_good_ref"
@@ -422,11 +426,17 @@ class Run(object):
             target_entry = after
         else:
             with open(os.path.join(clone.dir, rel)) as handle:
-                pinned = _gitops.pin_digest(handle.read(), entry["name"], target_digest)
+                text = handle.read()
+            pinned = (_gitops.pin_tag(text, entry["name"], target_tag) if target_tag
+                      else _gitops.pin_digest(text, entry["name"], target_digest))
             with open(os.path.join(clone.dir, rel), "w") as handle:
                 handle.write(pinned)
-            target_entry = dict(entry, digest=target_digest)
-            target_entry.pop("newTag", None)
+            if target_tag:
+                target_entry = dict(entry, newTag=target_tag)
+                target_entry.pop("digest", None)
+            else:
+                target_entry = dict(entry, digest=target_digest)
+                target_entry.pop("newTag", None)
         target = {"image": _gitops.image_ref(target_entry), "digest": target_entry.get("digest"), "sha": None}
         self.result["rollback_target_ref"] = target
         self.result["from_ref"], self.result["to_ref"] = current["image"], target["image"]
@@ -441,7 +451,7 @@ class Run(object):
                                              % (self.open_pr["number"], p["incident_id"], self.open_pr["url"]))
             self.result["pull_request"] = self.open_pr
             return None
-        if target["digest"] == current["digest"] and not self.open_pr:
+        if target["image"] == current["image"] and not self.open_pr:
             self.result["skipped_reason"] = "%s already holds %s on %s" % (rel, target["image"], p["branch"])
             return None
         self.result["approval_facts"] = _gitops.release_revisions(releases, target["digest"])

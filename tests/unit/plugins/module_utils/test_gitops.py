@@ -70,6 +70,29 @@ def test_pin_refuses_something_that_is_not_a_digest():
         _gitops.pin_digest(KUSTOMIZATION, "aureus/api", "v1.4.0")
 
 
+def test_a_tag_pin_replaces_the_digest_and_keeps_every_other_line():
+    pinned = _gitops.pin_tag(KUSTOMIZATION, "aureus/api", "v1.4.0")
+    assert pinned == KUSTOMIZATION.replace("    digest: %s\n" % BAD, '    newTag: "v1.4.0"\n')
+    assert _gitops.parse_images(pinned)[0] == {"name": "aureus/api", "newTag": "v1.4.0"}
+    retagged = _gitops.pin_tag(KUSTOMIZATION, "aureus/sidecar", "1.1")
+    assert retagged == KUSTOMIZATION.replace('newTag: "1.2"', 'newTag: "1.1"')
+    both = KUSTOMIZATION.replace("    digest: %s\n" % BAD, "    newTag: v1.5.0\n    digest: %s\n" % BAD)
+    assert _gitops.parse_images(_gitops.pin_tag(both, "aureus/api", "v1.4.0"))[0] == {"name": "aureus/api",
+                                                                                       "newTag": "v1.4.0"}
+    bare = "images:\n- name: aureus/api\nresources: [a.yaml]\n"
+    assert _gitops.parse_images(_gitops.pin_tag(bare, "aureus/api", "v2"))[0] == {"name": "aureus/api",
+                                                                                   "newTag": "v2"}
+    with pytest.raises(Refused):
+        _gitops.pin_tag(KUSTOMIZATION, "aureus/other", "v1")
+
+
+@pytest.mark.parametrize("ref, tag", [("aureus/api:v1.4.0", "v1.4.0"), ("registry:5000/aureus/api:1.2", "1.2"),
+                                      ("v1.4.0", "v1.4.0"), ("registry:5000/aureus/api", None),
+                                      ("aureus/api@" + GOOD, None), (GOOD, None), ("bad tag!", None)])
+def test_the_tag_of_an_image_reference(ref, tag):
+    assert _gitops.tag_of(ref) == tag
+
+
 def test_the_last_good_release_is_the_newest_other_digest():
     # newest first: a README commit (same digest), the bad release, the good one, an older one
     history = [("s5", BAD), ("s4", BAD), ("s3", GOOD), ("s2", GOOD), ("s1", OLD)]
