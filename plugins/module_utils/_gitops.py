@@ -440,6 +440,26 @@ def pods_on_image(pods, container, image):
     return summaries
 
 
+def image_name(ref):
+    """The repository part of an image reference (no tag, no digest)."""
+    name = (ref or "").split("@", 1)[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+def pods_report_digest(pods, container, digest):
+    """Whether every live (not terminating) pod is Ready and reports ``digest`` as the image ID of ``container``:
+    a workload whose image has only a tag runs that digest (what pinning the digest instead of the tag needs)."""
+    live = [pod for pod in pods if not (pod.get("metadata") or {}).get("deletionTimestamp")]
+    if not live:
+        return False
+    for pod in live:
+        statuses = dict((s.get("name"), s.get("imageID") or "")
+                        for s in (pod.get("status") or {}).get("containerStatuses") or [])
+        if condition(pod, "Ready").get("status") != "True" or not statuses.get(container, "").endswith("@" + digest):
+            return False
+    return True
+
+
 # --------------------------------------------------------------------------- binding and receipt
 
 def plan_binding(current, target, kustomization_uid, mode, reverted_commit=None):

@@ -35,7 +35,7 @@ description:
   - Refuses, changing nothing - a repository, branch or path the cluster does not reconcile from; a branch that has
     diverged from what Flux deployed (force-pushed, or commits not yet deployed); a live workload that runs neither
     the desired nor the target image (drift); a commit that is not in the branch's history; a conflicting revert; a
-    Kustomization suspended by someone else.
+    Kustomization suspended by someone else (with O(merge=true); a pull request left open for review is still opened).
   - Idempotent by incident - when the branch already holds this incident's rollback of the component, or a rollback
     pull request for it is open, no second one is opened.
   - Argo CD-managed workloads and Helm values pins are not supported by this version.
@@ -88,6 +88,8 @@ options:
         the revert produces.
       - With O(mode=pin), an image reference without a digest (C(name:tag)) pins its tag (C(newTag), replacing
         the entry's C(digest)): what a workload whose image has no digest runs after an in-cluster rollback.
+      - A digest whose workload's image is a tag of the same name is accepted as live (not drift) when every pod is
+        Ready and reports that digest as its image ID (the digest the emergency path pins when the pods report one).
     type: str
   image:
     description: The C(images:) entry's C(name); by default the only entry.
@@ -323,7 +325,9 @@ class Run(object):
         self.source = _flux.source_of(self.api, self.kust)
         _gitops.check_reconciled_from(self.p["repo_url"], self.p["branch"], self.path, self.source, self.kust)
         self.frozen = _gitops.read_record(self.kust)
-        if (self.kust.get("spec") or {}).get("suspend") and not self.frozen:
+        # Suspended by someone else: a merge could not be applied; a pull request left for review still can be opened
+        # (the emergency path's re-alignment, when the on-call suspended Flux by hand first).
+        if (self.kust.get("spec") or {}).get("suspend") and not self.frozen and self.p["merge"]:
             raise Refused("Kustomization %s/%s is suspended and no deploy freeze of ours says why; nothing was "
                           "changed. Find out who suspended it (flux resume kustomization %s -n %s when it may run)"
                           % (ns, name, name, ns), "suspended")
@@ -358,7 +362,17 @@ class Run(object):
             container = matching[0] if matching else (containers[0]["name"] if containers else None)
         live = dict((c.get("name"), c.get("image")) for c in containers).get(container)
         return {"kind": kind, "namespace": namespace, "name": name, "container": container, "live_image": live,
-                "uid": workload["metadata"].get("uid")}
+                "uid": workload["metadata"].get("uid"), "object": workload}
+
+    def runs_digest(self, workload, live, target):
+        """A workload whose image has only a tag, when every pod reports the target digest for it (the pin of an
+        emergency rollback's live digest)."""
+        if not target["digest"] or "@" in (live or "") or _gitops.image_name(live) != _gitops.image_name(
+                target["image"]):
+            return False
+        pods = _flux.workload_pods(self.api, workload["kind"], workload["namespace"], workload["name"],
+                                   workload["object"])
+        return _gitops.pods_report_digest(pods, workload["container"], target["digest"])
 
     # ---- the plan
     def plan(self, clone):
@@ -409,7 +423,7 @@ class Run(object):
                               % (rel, entry["name"]), "no_previous_release")
             target_digest = last_good["digest"]
         workload = self.workload_ref(entry)
-        self.workload = workload
+        self.workload = dict((k, v) for k, v in workload.items() if k != "object")
         branch = _gitops.rollback_branch(self.component, utc_now())
         clone.checkout_new(branch)
         if p["mode"] == "revert":
@@ -441,7 +455,7 @@ class Run(object):
         self.result["rollback_target_ref"] = target
         self.result["from_ref"], self.result["to_ref"] = current["image"], target["image"]
         live = workload["live_image"]
-        if live not in (current["image"], target["image"]):
+        if live not in (current["image"], target["image"]) and not self.runs_digest(workload, live, target):
             raise Refused("the live %s %s/%s runs %s, neither what %s holds (%s) nor the target (%s): the cluster has "
                           "drifted from git; nothing was changed. Find out who changed it"
                           % (workload["kind"], workload["namespace"], workload["name"], live, p["branch"],

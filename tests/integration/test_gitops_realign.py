@@ -114,7 +114,7 @@ def test_the_emergency_rollback_freezes_flux_and_runs_the_previous_release(rolle
     names = [e["event_data"].get("task") for e in first.events if e.get("event") == "runner_on_ok"]
     order = [next(i for i, n in enumerate(names) if n and n.startswith(prefix)) for prefix in (
         "Plan the re-alignment pull request", "Freeze deploys of Kustomization", "Roll back and wait for the rollout",
-        "Pin aureus/api@")]
+        "Open the pull request (left open for review unless merging is allowed) pinning aureus/api@")]
     assert order == sorted(order), names
 
 
@@ -193,6 +193,27 @@ def test_the_forge_token_is_in_no_artifact_and_no_verbose_output(rolled_back, fo
         assert token not in run.stdout
         assert token not in json.dumps(run.events)
     assert pb.files_containing(incident.workdir, [token]) == []
+
+
+def test_an_inventory_that_allows_the_merge_gets_git_re_aligned_through_the_freeze(world, forge, kubectl, tmp_path):
+    g.reset()
+    give_the_deployment_a_previous_release(forge, kubectl)
+    incident = Incident(tmp_path, "INC-REALIGN-MERGE-%d" % int(time.time()))
+    try:
+        run = incident.run(realign_merge=True)
+        assert run.status == "successful", run.explain()
+        pulls = realign_pulls(forge, incident.incident_id)
+        assert len(pulls) == 1 and pulls[0]["merged"]
+        assert g.GOOD.split("@")[1] in forge.file(g.KFILE)  # main now desires what runs
+        receipt = incident.receipts()[0]
+        assert receipt["details"]["realignment"]["status"] == "merged"
+        assert receipt["merge_sha"] == forge.head() and receipt["pull_request_number"] == pulls[0]["number"]
+        kust = g.kustomization(kubectl)
+        assert kust["status"]["lastAppliedRevision"].endswith(forge.head())  # applied through the freeze
+        assert kust["spec"]["suspend"] is True and g.FREEZE in kust["metadata"]["annotations"]  # which stays
+        assert g.deployed_image(kubectl) == g.GOOD
+    finally:
+        g.reset()
 
 
 def test_a_forge_down_after_the_undo_fails_loudly_with_a_receipt_naming_the_missing_pull_request(

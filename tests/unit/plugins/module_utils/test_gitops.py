@@ -240,6 +240,27 @@ def test_pods_on_image_judges_each_pod_by_its_spec():
     assert [(p["name"], p["ready"], p["on_target"]) for p in summary] == [("p1", True, True), ("p3", False, False)]
 
 
+def _pod(name, image_id, ready="True", terminating=False, container="api"):
+    meta = {"name": name}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-11-30T00:00:00Z"
+    return {"metadata": meta, "status": {"conditions": [{"type": "Ready", "status": ready}],
+                                         "containerStatuses": [{"name": container, "imageID": image_id}]}}
+
+
+def test_pods_report_the_digest_of_a_tag_only_when_every_live_pod_runs_it():
+    runs = "docker.io/aureus/api@" + GOOD
+    assert _gitops.pods_report_digest([_pod("a", runs), _pod("b", runs), _pod("c", "", terminating=True)],
+                                      "api", GOOD)
+    assert not _gitops.pods_report_digest([_pod("a", runs), _pod("b", "docker.io/aureus/api@" + BAD)], "api", GOOD)
+    assert not _gitops.pods_report_digest([_pod("a", runs, ready="False")], "api", GOOD)
+    assert not _gitops.pods_report_digest([_pod("a", "")], "api", GOOD)  # KWOK reports no image ID
+    assert not _gitops.pods_report_digest([_pod("a", runs, container="sidecar")], "api", GOOD)
+    assert not _gitops.pods_report_digest([], "api", GOOD)
+    assert [_gitops.image_name(r) for r in ("aureus/api:v1", "reg:5000/aureus/api@" + GOOD, "reg:5000/api")] == [
+        "aureus/api", "reg:5000/aureus/api", "reg:5000/api"]
+
+
 def test_binding_changes_when_the_branch_moves():
     current = {"sha": "1" * 40, "image": "i@" + BAD}
     target = {"image": "i@" + GOOD}
