@@ -87,7 +87,7 @@ options:
         (O(mode=pin)); found by the documented rule when not given. With O(mode=revert) it is checked against what
         the revert produces.
       - With O(mode=pin), an image reference without a digest (C(name:tag)) pins its tag (C(newTag), replacing
-        the entry's C(digest)): what a workload whose image has no digest runs after an in-cluster rollback.
+        the entry's C(digest)) - what a workload whose image has no digest runs after an in-cluster rollback.
       - A digest whose workload's image is a tag of the same name is accepted as live (not drift) when every pod is
         Ready and reports that digest as its image ID (the digest the emergency path pins when the pods report one).
     type: str
