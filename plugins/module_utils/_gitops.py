@@ -285,8 +285,8 @@ def commit_message(mode, component, incident_id, reason, actor, current, target,
 def pull_request(mode, component, incident_id, reason, actor, current, target, branch, base, diff,
                  reverted_commit=None):
     """Title and body of the rollback's pull request (what a reviewer needs to expedite it)."""
-    title = "Rollback %s to %s (%s)" % (component, target["digest"][:19] if target["digest"] else target["image"],
-                                         incident_id)
+    shown = target["digest"][:19] if target["digest"] else target["image"]
+    title = "Rollback %s to %s (%s)" % (component, shown, incident_id)
     what = ("Reverts %s." % reverted_commit if mode == "revert"
             else "Pins `%s` to the last known good digest." % target["image"])
     body = "\n".join([

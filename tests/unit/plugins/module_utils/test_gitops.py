@@ -77,11 +77,10 @@ def test_a_tag_pin_replaces_the_digest_and_keeps_every_other_line():
     retagged = _gitops.pin_tag(KUSTOMIZATION, "aureus/sidecar", "1.1")
     assert retagged == KUSTOMIZATION.replace('newTag: "1.2"', 'newTag: "1.1"')
     both = KUSTOMIZATION.replace("    digest: %s\n" % BAD, "    newTag: v1.5.0\n    digest: %s\n" % BAD)
-    assert _gitops.parse_images(_gitops.pin_tag(both, "aureus/api", "v1.4.0"))[0] == {"name": "aureus/api",
-                                                                                       "newTag": "v1.4.0"}
+    assert _gitops.parse_images(_gitops.pin_tag(both, "aureus/api", "v1.4.0"))[0] == {
+        "name": "aureus/api", "newTag": "v1.4.0"}
     bare = "images:\n- name: aureus/api\nresources: [a.yaml]\n"
-    assert _gitops.parse_images(_gitops.pin_tag(bare, "aureus/api", "v2"))[0] == {"name": "aureus/api",
-                                                                                   "newTag": "v2"}
+    assert _gitops.parse_images(_gitops.pin_tag(bare, "aureus/api", "v2"))[0] == {"name": "aureus/api", "newTag": "v2"}
     with pytest.raises(Refused):
         _gitops.pin_tag(KUSTOMIZATION, "aureus/other", "v1")
 
