@@ -40,6 +40,7 @@ SHARED_STATE = {
     "tests/integration/test_gitops_playbook.py": "gitops",  # aureus-deploy in Gitea, Flux, aureus/aureus-api
     "tests/integration/test_gitops_revert.py": "gitops",
     "tests/integration/test_gitops_freeze.py": "gitops",
+    "tests/integration/test_gitops_realign.py": "gitops",  # the emergency path on aureus-api
 }
 EXCLUSIVE_FILES = frozenset((
     "tests/sandbox/test_sandbox.py",  # seed.sh --reset (everything), stops and starts components

@@ -62,14 +62,19 @@ def set_suspend(api, obj, value):
     return patch(api, obj["kind"], meta["namespace"], meta["name"], {"spec": {"suspend": value}})
 
 
+def workload_pods(api, kind, namespace, name, workload):
+    """The pods of ``workload`` (found by its selector)."""
+    selector = selector_to_string((workload.get("spec") or {}).get("selector"))
+    return call("%s %s/%s" % (kind, namespace, name), "list", "pods", namespace, None, api.list_page, "Pod",
+                namespace, [("labelSelector", selector)]).get("items") or []
+
+
 def workload_status(api, kind, namespace, name, container, image):
     """The workload's rollout state and its pods against the target image (for the wait and the evidence)."""
     workload = call("%s %s/%s" % (kind, namespace, name), "get", KINDS[kind][0], namespace, name, api.get, kind,
                     namespace, name)
     state = rollout_state(kind, workload)
-    selector = selector_to_string((workload.get("spec") or {}).get("selector"))
-    pods = call("%s %s/%s" % (kind, namespace, name), "list", "pods", namespace, None, api.list_page, "Pod",
-                namespace, [("labelSelector", selector)]).get("items") or []
+    pods = workload_pods(api, kind, namespace, name, workload)
     template_images = dict((c.get("name"), c.get("image"))
                            for c in ((workload.get("spec") or {}).get("template") or {}).get("spec", {}).get(
                                "containers", []))

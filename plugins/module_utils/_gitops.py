@@ -105,11 +105,19 @@ def image_ref(entry):
     return "%s:%s" % (name, entry.get("newTag") or "latest")
 
 
-def pin_digest(text, image, digest):
-    """The Kustomization text with the ``images:`` entry ``image`` pinned to ``digest`` (a ``newTag`` is replaced:
-    a digest wins over a tag in Kustomize). Every other line is kept byte for byte."""
-    if not DIGEST_RE.match(digest or ""):
-        raise RollbackError("last_good_ref %r is not an image digest (sha256:<64 hex>)" % (digest,))
+def tag_of(ref):
+    """The tag of an image reference ``name:tag`` (or a bare tag), else None: what a pin writes as ``newTag`` when
+    the image that runs has no digest."""
+    value = (ref or "").strip()
+    if not value or "@" in value or DIGEST_RE.match(value):
+        return None
+    tag = value.rsplit(":", 1)[1] if ":" in value.rsplit("/", 1)[-1] else (value if "/" not in value else None)
+    return tag if tag and re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", tag) else None
+
+
+def _entry_lines(text, image):
+    """The text's lines (with and without their line ends), the ``images:`` entry named ``image`` and the line end
+    it uses: what a pin edits in place."""
     lines = text.splitlines(True)
     bare = [line.rstrip("\r\n") for line in lines]
     block = _images_block(bare)
@@ -117,7 +125,43 @@ def pin_digest(text, image, digest):
     entry = next((e for e in entries if e["fields"].get("name") == image), None)
     if entry is None:
         raise Refused("the Kustomization has no images: entry named %r" % image, "no_image")
-    newline = "\r\n" if lines[entry["start"]].endswith("\r\n") else "\n"
+    return lines, bare, entry, "\r\n" if lines[entry["start"]].endswith("\r\n") else "\n"
+
+
+def pin_tag(text, image, tag):
+    """The Kustomization text with the ``images:`` entry ``image`` set to ``newTag: "<tag>"``; its ``digest`` (which
+    would win over the tag) is replaced. Every other line is kept byte for byte."""
+    lines, bare, entry, newline = _entry_lines(text, image)
+    value = '"%s"' % tag
+    drop = [entry["lines"][key] for key in ("digest", "newTag") if key in entry["lines"]]
+    keep = drop[0] if drop else None
+    for index in sorted(drop, reverse=True):
+        if index == keep:
+            dash = bare[index].lstrip().startswith("- ")
+            lines[index] = ("%s- newTag: %s%s" % (" " * (entry["indent"] - 2), value, newline) if dash
+                            else "%snewTag: %s%s" % (" " * entry["indent"], value, newline))
+        else:
+            del lines[index]
+    if keep is None:
+        lines.insert(entry["end"], "%snewTag: %s%s" % (" " * entry["indent"], value, newline))
+    return "".join(lines)
+
+
+def digest_of(ref):
+    """The digest of ``last_good_ref`` given as ``sha256:<hex>`` or as an image reference ``name@sha256:<hex>``
+    (what a workload runs after an in-cluster rollback), else the value unchanged (pin_digest refuses it)."""
+    value = (ref or "").strip()
+    if "@" in value:
+        value = value.rpartition("@")[2]
+    return value if DIGEST_RE.match(value) else ref
+
+
+def pin_digest(text, image, digest):
+    """The Kustomization text with the ``images:`` entry ``image`` pinned to ``digest`` (a ``newTag`` is replaced:
+    a digest wins over a tag in Kustomize). Every other line is kept byte for byte."""
+    if not DIGEST_RE.match(digest or ""):
+        raise RollbackError("last_good_ref %r is not an image digest (sha256:<64 hex>)" % (digest,))
+    lines, bare, entry, newline = _entry_lines(text, image)
     new_line = "%sdigest: %s%s" % (" " * entry["indent"], digest, newline)
     if "digest" in entry["lines"]:
         index = entry["lines"]["digest"]
@@ -223,7 +267,7 @@ def commit_message(mode, component, incident_id, reason, actor, current, target,
     if mode == "revert":
         subject = "rollback(%s): revert %s for %s" % (component, reverted_commit[:12], incident_id)
     else:
-        subject = "rollback(%s): pin %s for %s" % (component, target["digest"], incident_id)
+        subject = "rollback(%s): pin %s for %s" % (component, target["digest"] or target["image"], incident_id)
     body = [subject, "", _one_line(reason) or "(no reason given)", ""]
     if mode == "revert":
         body += ["This reverts commit %s." % reverted_commit, ""]
@@ -241,7 +285,8 @@ def commit_message(mode, component, incident_id, reason, actor, current, target,
 def pull_request(mode, component, incident_id, reason, actor, current, target, branch, base, diff,
                  reverted_commit=None):
     """Title and body of the rollback's pull request (what a reviewer needs to expedite it)."""
-    title = "Rollback %s to %s (%s)" % (component, target["digest"][:19], incident_id)
+    shown = target["digest"][:19] if target["digest"] else target["image"]
+    title = "Rollback %s to %s (%s)" % (component, shown, incident_id)
     what = ("Reverts %s." % reverted_commit if mode == "revert"
             else "Pins `%s` to the last known good digest." % target["image"])
     body = "\n".join([
@@ -302,6 +347,26 @@ def normalize_repo_url(url):
     if path.endswith(".git"):
         path = path[:-4]
     return "%s://%s%s" % (match.group("scheme").lower(), match.group("host").lower(), path)
+
+
+def reconciled_source(gitrepository, kustomization):
+    """Where a Flux Kustomization takes its manifests from: ``{repo_url, branch, path}`` (the GitRepository's URL
+    without credentials, the branch it follows, the Kustomization's ``spec.path``). Refuses (``not_reconciled``) a
+    source that follows a tag, a semver range or a commit: a pull request cannot move those."""
+    spec = gitrepository.get("spec") or {}
+    where = "GitRepository %s/%s" % (gitrepository["metadata"]["namespace"], gitrepository["metadata"]["name"])
+    ref = spec.get("ref") or {}
+    pinned = [key for key in ("tag", "semver", "commit", "name") if ref.get(key)]
+    if pinned and not ref.get("branch"):
+        raise Refused("%s follows %s %s, not a branch: a pull request cannot re-align it; change the reference by "
+                      "hand" % (where, pinned[0], ref[pinned[0]]), "not_reconciled")
+    url = re.sub(r"^([a-z][a-z0-9+.-]*://)[^@/]*@", r"\1", (spec.get("url") or "").strip(), flags=re.I)
+    if not re.match(r"^https?://", url, re.I):
+        raise Refused("%s pulls %s; only HTTP(S) repositories are supported (the forge's API and token are HTTP)"
+                      % (where, url or "nothing"), "not_reconciled")
+    path = ((kustomization.get("spec") or {}).get("path") or "./").strip()
+    path = path.lstrip("./").rstrip("/") or "."
+    return {"repo_url": url, "branch": ref.get("branch") or "master", "path": path}
 
 
 def check_reconciled_from(repo_url, branch, path, gitrepository, kustomization):
@@ -373,6 +438,26 @@ def pods_on_image(pods, container, image):
         summaries.append({"name": pod["metadata"]["name"], "ready": ready, "image": images.get(container),
                           "on_target": images.get(container) == image})
     return summaries
+
+
+def image_name(ref):
+    """The repository part of an image reference (no tag, no digest)."""
+    name = (ref or "").split("@", 1)[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+def pods_report_digest(pods, container, digest):
+    """Whether every live (not terminating) pod is Ready and reports ``digest`` as the image ID of ``container``:
+    a workload whose image has only a tag runs that digest (what pinning the digest instead of the tag needs)."""
+    live = [pod for pod in pods if not (pod.get("metadata") or {}).get("deletionTimestamp")]
+    if not live:
+        return False
+    for pod in live:
+        statuses = dict((s.get("name"), s.get("imageID") or "")
+                        for s in (pod.get("status") or {}).get("containerStatuses") or [])
+        if condition(pod, "Ready").get("status") != "True" or not statuses.get(container, "").endswith("@" + digest):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------- binding and receipt

@@ -35,15 +35,18 @@ description:
   - Refuses, changing nothing - a repository, branch or path the cluster does not reconcile from; a branch that has
     diverged from what Flux deployed (force-pushed, or commits not yet deployed); a live workload that runs neither
     the desired nor the target image (drift); a commit that is not in the branch's history; a conflicting revert; a
-    Kustomization suspended by someone else.
+    Kustomization suspended by someone else (with O(merge=true); a pull request left open for review is still opened).
   - Idempotent by incident - when the branch already holds this incident's rollback of the component, or a rollback
     pull request for it is open, no second one is opened.
   - Argo CD-managed workloads and Helm values pins are not supported by this version.
 options:
   repo_url:
-    description: HTTP(S) URL of the config repository, without credentials (the GitRepository's C(spec.url)).
+    description:
+      - HTTP(S) URL of the config repository, without credentials (the GitRepository's C(spec.url)).
+      - When not given, O(repo_url), O(branch) and O(path) are read from the Kustomization O(kustomization) - its
+        C(sourceRef) GitRepository's C(spec.url) (credentials stripped) and C(spec.ref.branch), and its
+        C(spec.path). A source that follows a tag, a semver range or a commit is refused.
     type: str
-    required: true
   repo_token:
     description:
       - The forge's API token; also used by git over HTTPS. Never logged.
@@ -62,13 +65,13 @@ options:
     type: bool
     default: true
   branch:
-    description: The branch Flux reconciles from (the pull request's base).
+    description: The branch Flux reconciles from (the pull request's base); C(main) when O(repo_url) is given,
+      else the GitRepository's.
     type: str
-    default: main
   path:
-    description: Directory of the component's Kustomization in the repository (the Flux Kustomization's C(spec.path)).
+    description: Directory of the component's Kustomization in the repository (the Flux Kustomization's
+      C(spec.path)); read from the Kustomization when not given.
     type: str
-    required: true
   mode:
     description: Revert a commit, or pin the last good digest into the Kustomization's C(images:).
     type: str
@@ -80,8 +83,13 @@ options:
     type: str
   last_good_ref:
     description:
-      - The image digest (C(sha256:<hex>)) to pin (O(mode=pin)); found by the documented rule when not given. With
-        O(mode=revert) it is checked against what the revert produces.
+      - The image digest (C(sha256:<hex>), or an image reference C(name@sha256:<hex>) whose digest is taken) to pin
+        (O(mode=pin)); found by the documented rule when not given. With O(mode=revert) it is checked against what
+        the revert produces.
+      - With O(mode=pin), an image reference without a digest (C(name:tag)) pins its tag (C(newTag), replacing
+        the entry's C(digest)) - what a workload whose image has no digest runs after an in-cluster rollback.
+      - A digest whose workload's image is a tag of the same name is accepted as live (not drift) when every pod is
+        Ready and reports that digest as its image ID (the digest the emergency path pins when the pods report one).
     type: str
   image:
     description: The C(images:) entry's C(name); by default the only entry.
@@ -218,6 +226,10 @@ receipt_fields:
     C(pull_request_number), C(merge_sha), C(details)).
   returned: when a plan was made
   type: dict
+source:
+  description: Where the rollback goes - C(repo_url), C(branch), C(path) (given, or read from the Kustomization).
+  returned: once the source is known (also on failure)
+  type: dict
 pull_request:
   description: The pull request opened (or, in check mode, that would be opened) - C(number), C(url), C(head),
     C(base), C(title), C(body), C(state), C(merged), C(merge_sha).
@@ -263,13 +275,13 @@ from ansible_collections.governed.rollback.plugins.module_utils._workload import
 
 def argument_spec():
     return _argspec.compose(dict(
-        repo_url=dict(type="str", required=True),
+        repo_url=dict(type="str"),
         repo_token=dict(type="str", no_log=True, fallback=(env_fallback, ["GITOPS_TOKEN", "GITEA_TOKEN"])),
         forge=dict(type="str", choices=["gitea"], default="gitea"),
         forge_api_url=dict(type="str"),
         forge_validate_certs=dict(type="bool", default=True),
-        branch=dict(type="str", default="main"),
-        path=dict(type="str", required=True),
+        branch=dict(type="str"),
+        path=dict(type="str"),
         mode=dict(type="str", choices=["revert", "pin"], default="revert"),
         revert_commit=dict(type="str"),
         last_good_ref=dict(type="str"),
@@ -299,7 +311,8 @@ class Run(object):
         self.check_mode = check_mode
         self.path = params["path"].strip("/").lstrip("./") or "."
         self.component = params["component"] or os.path.basename(self.path.rstrip("/"))
-        self.result = {"changed": False, "skipped_reason": None}
+        self.result = {"changed": False, "skipped_reason": None,
+                       "source": {"repo_url": params["repo_url"], "branch": params["branch"], "path": self.path}}
         self.warnings = []
         self.pushed = False
         self.open_pr = None
@@ -312,7 +325,9 @@ class Run(object):
         self.source = _flux.source_of(self.api, self.kust)
         _gitops.check_reconciled_from(self.p["repo_url"], self.p["branch"], self.path, self.source, self.kust)
         self.frozen = _gitops.read_record(self.kust)
-        if (self.kust.get("spec") or {}).get("suspend") and not self.frozen:
+        # Suspended by someone else: a merge could not be applied; a pull request left for review still can be opened
+        # (the emergency path's re-alignment, when the on-call suspended Flux by hand first).
+        if (self.kust.get("spec") or {}).get("suspend") and not self.frozen and self.p["merge"]:
             raise Refused("Kustomization %s/%s is suspended and no deploy freeze of ours says why; nothing was "
                           "changed. Find out who suspended it (flux resume kustomization %s -n %s when it may run)"
                           % (ns, name, name, ns), "suspended")
@@ -347,7 +362,17 @@ class Run(object):
             container = matching[0] if matching else (containers[0]["name"] if containers else None)
         live = dict((c.get("name"), c.get("image")) for c in containers).get(container)
         return {"kind": kind, "namespace": namespace, "name": name, "container": container, "live_image": live,
-                "uid": workload["metadata"].get("uid")}
+                "uid": workload["metadata"].get("uid"), "object": workload}
+
+    def runs_digest(self, workload, live, target):
+        """A workload whose image has only a tag, when every pod reports the target digest for it (the pin of an
+        emergency rollback's live digest)."""
+        if not target["digest"] or "@" in (live or "") or _gitops.image_name(live) != _gitops.image_name(
+                target["image"]):
+            return False
+        pods = _flux.workload_pods(self.api, workload["kind"], workload["namespace"], workload["name"],
+                                   workload["object"])
+        return _gitops.pods_report_digest(pods, workload["container"], target["digest"])
 
     # ---- the plan
     def plan(self, clone):
@@ -388,15 +413,17 @@ class Run(object):
         reverted = None
         if p["mode"] == "revert":
             reverted = self.revert_target(clone, releases, log)
-        target_digest = p["last_good_ref"]
-        if p["mode"] == "pin" and not target_digest:
+        ref = p["last_good_ref"]
+        target_tag = _gitops.tag_of(ref) if p["mode"] == "pin" and ref else None
+        target_digest = _gitops.digest_of(ref) if ref and not target_tag else None
+        if p["mode"] == "pin" and not target_digest and not target_tag:
             last_good = _gitops.last_good_release(releases, current["digest"])
             if not last_good:
                 raise Refused("%s has no earlier release of %s with another digest; give last_good_ref"
                               % (rel, entry["name"]), "no_previous_release")
             target_digest = last_good["digest"]
         workload = self.workload_ref(entry)
-        self.workload = workload
+        self.workload = dict((k, v) for k, v in workload.items() if k != "object")
         branch = _gitops.rollback_branch(self.component, utc_now())
         clone.checkout_new(branch)
         if p["mode"] == "revert":
@@ -413,16 +440,22 @@ class Run(object):
             target_entry = after
         else:
             with open(os.path.join(clone.dir, rel)) as handle:
-                pinned = _gitops.pin_digest(handle.read(), entry["name"], target_digest)
+                text = handle.read()
+            pinned = (_gitops.pin_tag(text, entry["name"], target_tag) if target_tag
+                      else _gitops.pin_digest(text, entry["name"], target_digest))
             with open(os.path.join(clone.dir, rel), "w") as handle:
                 handle.write(pinned)
-            target_entry = dict(entry, digest=target_digest)
-            target_entry.pop("newTag", None)
+            if target_tag:
+                target_entry = dict(entry, newTag=target_tag)
+                target_entry.pop("digest", None)
+            else:
+                target_entry = dict(entry, digest=target_digest)
+                target_entry.pop("newTag", None)
         target = {"image": _gitops.image_ref(target_entry), "digest": target_entry.get("digest"), "sha": None}
         self.result["rollback_target_ref"] = target
         self.result["from_ref"], self.result["to_ref"] = current["image"], target["image"]
         live = workload["live_image"]
-        if live not in (current["image"], target["image"]):
+        if live not in (current["image"], target["image"]) and not self.runs_digest(workload, live, target):
             raise Refused("the live %s %s/%s runs %s, neither what %s holds (%s) nor the target (%s): the cluster has "
                           "drifted from git; nothing was changed. Find out who changed it"
                           % (workload["kind"], workload["namespace"], workload["name"], live, p["branch"],
@@ -432,7 +465,7 @@ class Run(object):
                                              % (self.open_pr["number"], p["incident_id"], self.open_pr["url"]))
             self.result["pull_request"] = self.open_pr
             return None
-        if target["digest"] == current["digest"] and not self.open_pr:
+        if target["image"] == current["image"] and not self.open_pr:
             self.result["skipped_reason"] = "%s already holds %s on %s" % (rel, target["image"], p["branch"])
             return None
         self.result["approval_facts"] = _gitops.release_revisions(releases, target["digest"])
@@ -595,6 +628,23 @@ def execute(run, check_mode, diff_mode=False):
     return result
 
 
+def resolve_source(api, params):
+    """Fill repo_url, branch and path from the Kustomization when repo_url is not given (the emergency path's
+    re-alignment knows the workload's Kustomization, not its repository); ``branch`` defaults to main otherwise."""
+    if params["repo_url"]:
+        if not params["path"]:
+            raise RollbackError("path is required with repo_url (or give neither: both are then read from "
+                                "Kustomization %s/%s)" % (params["kustomization_namespace"], params["kustomization"]))
+        params["branch"] = params["branch"] or "main"
+        return None
+    kust = _flux.get(api, "Kustomization", params["kustomization_namespace"], params["kustomization"])
+    source = _gitops.reconciled_source(_flux.source_of(api, kust), kust)
+    params["repo_url"] = source["repo_url"]
+    params["branch"] = params["branch"] or source["branch"]
+    params["path"] = params["path"] or source["path"]
+    return source
+
+
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     run = None
@@ -603,6 +653,7 @@ def main():
         if not module.params["repo_token"]:
             raise RollbackError("repo_token is required (or GITOPS_TOKEN / GITEA_TOKEN in the environment)")
         api = KubeRest(build_api_client(module.params))
+        resolve_source(api, module.params)
         forge = forge_for(module.params["forge"], module.params["repo_url"], module.params["repo_token"],
                           api_url=module.params["forge_api_url"],
                           validate_certs=module.params["forge_validate_certs"])

@@ -70,6 +70,28 @@ def test_pin_refuses_something_that_is_not_a_digest():
         _gitops.pin_digest(KUSTOMIZATION, "aureus/api", "v1.4.0")
 
 
+def test_a_tag_pin_replaces_the_digest_and_keeps_every_other_line():
+    pinned = _gitops.pin_tag(KUSTOMIZATION, "aureus/api", "v1.4.0")
+    assert pinned == KUSTOMIZATION.replace("    digest: %s\n" % BAD, '    newTag: "v1.4.0"\n')
+    assert _gitops.parse_images(pinned)[0] == {"name": "aureus/api", "newTag": "v1.4.0"}
+    retagged = _gitops.pin_tag(KUSTOMIZATION, "aureus/sidecar", "1.1")
+    assert retagged == KUSTOMIZATION.replace('newTag: "1.2"', 'newTag: "1.1"')
+    both = KUSTOMIZATION.replace("    digest: %s\n" % BAD, "    newTag: v1.5.0\n    digest: %s\n" % BAD)
+    assert _gitops.parse_images(_gitops.pin_tag(both, "aureus/api", "v1.4.0"))[0] == {
+        "name": "aureus/api", "newTag": "v1.4.0"}
+    bare = "images:\n- name: aureus/api\nresources: [a.yaml]\n"
+    assert _gitops.parse_images(_gitops.pin_tag(bare, "aureus/api", "v2"))[0] == {"name": "aureus/api", "newTag": "v2"}
+    with pytest.raises(Refused):
+        _gitops.pin_tag(KUSTOMIZATION, "aureus/other", "v1")
+
+
+@pytest.mark.parametrize("ref, tag", [("aureus/api:v1.4.0", "v1.4.0"), ("registry:5000/aureus/api:1.2", "1.2"),
+                                      ("v1.4.0", "v1.4.0"), ("registry:5000/aureus/api", None),
+                                      ("aureus/api@" + GOOD, None), (GOOD, None), ("bad tag!", None)])
+def test_the_tag_of_an_image_reference(ref, tag):
+    assert _gitops.tag_of(ref) == tag
+
+
 def test_the_last_good_release_is_the_newest_other_digest():
     # newest first: a README commit (same digest), the bad release, the good one, an older one
     history = [("s5", BAD), ("s4", BAD), ("s3", GOOD), ("s2", GOOD), ("s1", OLD)]
@@ -154,6 +176,37 @@ def test_the_repository_must_be_the_one_the_cluster_reconciles_from():
     assert _gitops.normalize_repo_url("HTTP://user:pw@Git.Example:3000/o/r.git/") == "http://git.example:3000/o/r"
 
 
+def test_the_source_of_a_kustomization_is_its_repository_branch_and_path():
+    source, kust = _flux(url="https://bot:s3cret@git.example/o/aureus-deploy.git", branch="release")
+    found = _gitops.reconciled_source(source, kust)
+    assert found == {"repo_url": "https://git.example/o/aureus-deploy.git", "branch": "release",
+                     "path": "apps/aureus-api"}
+    _gitops.check_reconciled_from(found["repo_url"], found["branch"], found["path"], source, kust)
+    source["spec"]["ref"] = {}
+    assert _gitops.reconciled_source(source, {"spec": {}})["branch"] == "master"  # Flux's default
+    assert _gitops.reconciled_source(source, {"spec": {}})["path"] == "."
+
+
+@pytest.mark.parametrize("ref", [{"tag": "v1.4.0"}, {"semver": ">=1.0"}, {"commit": "a" * 40}])
+def test_a_source_that_follows_no_branch_cannot_be_realigned_by_a_pull_request(ref):
+    source, kust = _flux()
+    source["spec"]["ref"] = ref
+    with pytest.raises(Refused, match="not a branch") as err:
+        _gitops.reconciled_source(source, kust)
+    assert err.value.code == "not_reconciled"
+    source["spec"]["ref"] = {"branch": "main"}
+    source["spec"]["url"] = "ssh://git@git.example/o/r.git"
+    with pytest.raises(Refused, match="only HTTP"):
+        _gitops.reconciled_source(source, kust)
+
+
+def test_the_digest_is_taken_from_an_image_reference():
+    assert _gitops.digest_of("aureus/api@" + GOOD) == GOOD
+    assert _gitops.digest_of("registry:5000/aureus/api@" + GOOD) == GOOD
+    assert _gitops.digest_of(GOOD) == GOOD
+    assert _gitops.digest_of("aureus/api:v1.4.0") == "aureus/api:v1.4.0"  # not a digest: pin_digest refuses it
+
+
 def _status(source_rev, applied, attempted, ready, reason="ReconciliationSucceeded", generation=2, observed=2):
     source = {"status": {"artifact": {"revision": "main@sha1:" + source_rev}}}
     kust = {"metadata": {"generation": generation},
@@ -184,6 +237,27 @@ def test_pods_on_image_judges_each_pod_by_its_spec():
             {"metadata": {"name": "p3"}, "spec": {"containers": [{"name": "api", "image": "i@" + BAD}]}}]
     summary = _gitops.pods_on_image(pods, "api", "i@" + GOOD)
     assert [(p["name"], p["ready"], p["on_target"]) for p in summary] == [("p1", True, True), ("p3", False, False)]
+
+
+def _pod(name, image_id, ready="True", terminating=False, container="api"):
+    meta = {"name": name}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-11-30T00:00:00Z"
+    return {"metadata": meta, "status": {"conditions": [{"type": "Ready", "status": ready}],
+                                         "containerStatuses": [{"name": container, "imageID": image_id}]}}
+
+
+def test_pods_report_the_digest_of_a_tag_only_when_every_live_pod_runs_it():
+    runs = "docker.io/aureus/api@" + GOOD
+    assert _gitops.pods_report_digest([_pod("a", runs), _pod("b", runs), _pod("c", "", terminating=True)],
+                                      "api", GOOD)
+    assert not _gitops.pods_report_digest([_pod("a", runs), _pod("b", "docker.io/aureus/api@" + BAD)], "api", GOOD)
+    assert not _gitops.pods_report_digest([_pod("a", runs, ready="False")], "api", GOOD)
+    assert not _gitops.pods_report_digest([_pod("a", "")], "api", GOOD)  # KWOK reports no image ID
+    assert not _gitops.pods_report_digest([_pod("a", runs, container="sidecar")], "api", GOOD)
+    assert not _gitops.pods_report_digest([], "api", GOOD)
+    assert [_gitops.image_name(r) for r in ("aureus/api:v1", "reg:5000/aureus/api@" + GOOD, "reg:5000/api")] == [
+        "aureus/api", "reg:5000/aureus/api", "reg:5000/api"]
 
 
 def test_binding_changes_when_the_branch_moves():
