@@ -140,7 +140,7 @@ fetch_flyway() (
 fetch_argocd_crds() (
     module="github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION"
     zip="$(go env GOMODCACHE)/cache/download/github.com/argoproj/argo-cd/v3/@v/$ARGOCD_VERSION.zip"
-    cd "$(mktemp -d)" && { GOFLAGS= go mod download -json "$module" || true; }
+    cd "$(mktemp -d)" && { GOFLAGS="" go mod download -json "$module" || true; }
     [ -f "$zip" ] || { echo "go mod download did not leave $zip"; exit 1; }
     python3 "$HERE/argocd_crds.py" "$zip" "$ARGOCD_MODULE_H1" "$module" "$ARGOCD_CRDS"
 )
