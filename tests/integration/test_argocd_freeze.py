@@ -1,0 +1,250 @@
+"""deploy_freeze for Argo CD against the sandbox's real API server and Argo CD's real CRDs (Application, AppProject
+v3.6; no Argo CD controller runs): check mode changes nothing, a freeze adds a deny sync window and switches auto-sync
+off with the previous value recorded, freezing again changes nothing, a thaw restores the exact previous specs
+(compared as JSON), someone else's windows stay, and a freeze someone else changed is refused with nothing changed.
+Each test keeps its Application and AppProject in a namespace of its own (Argo CD's would be `argocd`)."""
+
+import json
+import os
+
+import pytest
+
+from tests.integration import _playbook as pb
+from tests.sandbox_fixtures import get
+
+MODULE = "governed.rollback.deploy_freeze"
+FREEZE = "freeze.governed.io/record"
+PROJECT_RECORD = "freeze.governed.io/argocd-windows"
+OTHERS_WINDOW = {"kind": "allow", "schedule": "0 9 * * 1-5", "duration": "8h", "applications": ["*"],
+                 "manualSync": True, "timeZone": "Europe/Paris"}
+
+
+def apply(kubectl, obj):
+    kubectl("apply", "--server-side", "--field-manager", "test-setup", "-f", "-", input=json.dumps(obj))
+
+
+def make_project(kubectl, namespace, windows=None):
+    spec = {"sourceRepos": ["*"], "destinations": [{"namespace": "*", "server": "*"}]}
+    if windows is not None:
+        spec["syncWindows"] = windows
+    apply(kubectl, {"apiVersion": "argoproj.io/v1alpha1", "kind": "AppProject",
+                    "metadata": {"name": "payments", "namespace": namespace}, "spec": spec})
+
+
+def make_app(kubectl, namespace, name="aureus-api", sync_policy=None):
+    spec = {"project": "payments", "destination": {"server": "https://kubernetes.default.svc", "namespace": "aureus"},
+            "source": {"repoURL": "http://127.0.0.1:3000/aureus/aureus-deploy.git", "path": "apps/aureus-api",
+                       "targetRevision": "main"}}
+    if sync_policy is not None:
+        spec["syncPolicy"] = sync_policy
+    apply(kubectl, {"apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+                    "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+
+
+def objects(kubectl, namespace, name="aureus-api"):
+    return get(kubectl, "appprojects.argoproj.io", namespace, "payments"), \
+        get(kubectl, "applications.argoproj.io", namespace, name)
+
+
+def spec_json(obj):
+    return json.dumps(obj["spec"], sort_keys=True)
+
+
+def versions(kubectl, namespace, name="aureus-api"):
+    return [o["metadata"]["resourceVersion"] for o in objects(kubectl, namespace, name)]
+
+
+def freeze(tmp_path, label, env, app_namespace, state="frozen", check=False, expect_failure=False, **extra):
+    """Run deploy_freeze on the Application aureus-api in ``app_namespace``; ``extra`` overrides (None: left out)."""
+    args = {"reconciler": "argocd", "name": "aureus-api", "namespace": app_namespace, "state": state,
+            "kubeconfig": env["KUBECONFIG"]}
+    if state == "frozen":
+        args.update(actor="oncall", reason="rollback of v1.5.0", incident_id="INC-ARGO",
+                    until="2026-12-01T12:00:00Z")
+    args.update(extra)
+    args = dict((key, value) for key, value in args.items() if value is not None)
+    failed, result = pb.run_module(os.path.join(str(tmp_path), label), MODULE, args, check=check, diff=True)
+    assert failed == expect_failure, result.get("msg")
+    return result
+
+
+@pytest.mark.parametrize("windows, sync_policy", [
+    ([OTHERS_WINDOW], {"automated": {"prune": True, "selfHeal": True}, "syncOptions": ["CreateNamespace=true"]}),
+    (None, {"automated": {"prune": False, "allowEmpty": True}}),
+    ([], None),
+], ids=["others-window-and-auto-sync", "no-windows", "no-auto-sync"])
+def test_freeze_and_thaw_round_trip_restores_the_exact_previous_specs(windows, sync_policy, namespace, kubectl,
+                                                                       sandbox_env, tmp_path):
+    make_project(kubectl, namespace, windows)
+    make_app(kubectl, namespace, sync_policy=sync_policy)
+    project, app = objects(kubectl, namespace)
+
+    planned = freeze(tmp_path, "plan", sandbox_env, namespace, check=True)
+    assert planned["changed"] and planned["frozen"]  # the dry run answers with the objects as they would be
+    assert planned["patches"]["project"]["spec"]["syncWindows"][-1]["kind"] == "deny"
+    assert planned["project"]["sync_windows"]["after"][:-1] == (windows or [])
+    assert versions(kubectl, namespace) == [project["metadata"]["resourceVersion"], app["metadata"]["resourceVersion"]]
+    assert objects(kubectl, namespace)[0]["metadata"].get("annotations") == project["metadata"].get("annotations")
+
+    frozen = freeze(tmp_path, "freeze", sandbox_env, namespace)
+    assert frozen["changed"] and frozen["frozen"] and frozen["reconciler"] == "argocd"
+    assert frozen["record"]["who"] == "oncall" and frozen["record"]["incident"] == "INC-ARGO"
+    auto_sync_was_on = bool(sync_policy) and "automated" in sync_policy
+    assert frozen["record"]["previous"] == ({"automated": sync_policy["automated"]} if auto_sync_was_on else {})
+    live_project, live_app = objects(kubectl, namespace)
+    deny = live_project["spec"]["syncWindows"][-1]
+    assert deny == frozen["record"]["window"]
+    assert deny["kind"] == "deny" and deny["schedule"] == "* * * * *" and deny["applications"] == ["aureus-api"]
+    assert deny["manualSync"] is False and "INC-ARGO" in deny["description"]
+    assert live_project["spec"]["syncWindows"][:-1] == (windows or [])
+    assert "automated" not in (live_app["spec"].get("syncPolicy") or {})
+    assert json.loads(live_app["metadata"]["annotations"][FREEZE])["previous"] == frozen["record"]["previous"]
+    assert planned["patches"]["project"]["spec"]["syncWindows"] == live_project["spec"]["syncWindows"]
+
+    again = freeze(tmp_path, "again", sandbox_env, namespace, reason="someone else", incident_id="INC-OTHER")
+    assert not again["changed"] and again["record"]["why"] == "rollback of v1.5.0"
+    assert versions(kubectl, namespace) == [live_project["metadata"]["resourceVersion"],
+                                            live_app["metadata"]["resourceVersion"]]
+
+    thawed = freeze(tmp_path, "thaw", sandbox_env, namespace, state="thawed")
+    assert thawed["changed"] and not thawed["frozen"] and thawed["record"]["incident"] == "INC-ARGO"
+    after_project, after_app = objects(kubectl, namespace)
+    assert spec_json(after_project) == spec_json(project)
+    assert spec_json(after_app) == spec_json(app)
+    assert after_project["metadata"].get("annotations", {}) == project["metadata"].get("annotations", {})
+    assert after_app["metadata"].get("annotations", {}) == app["metadata"].get("annotations", {})
+    assert not freeze(tmp_path, "thaw-again", sandbox_env, namespace, state="thawed")["changed"]
+
+
+def test_check_mode_returns_the_plan_the_api_server_would_store_and_changes_nothing(namespace, kubectl, sandbox_env,
+                                                                                    tmp_path):
+    make_project(kubectl, namespace, [OTHERS_WINDOW])
+    make_app(kubectl, namespace, sync_policy={"automated": {"selfHeal": True}})
+    before = versions(kubectl, namespace)
+    planned = freeze(tmp_path, "plan", sandbox_env, namespace, check=True)
+    assert planned["changed"] and planned["frozen"]
+    assert planned["application"]["automated"] == {"before": {"selfHeal": True}, "after": None}
+    assert planned["patches"]["application"]["metadata"]["resourceVersion"] == before[1]
+    assert planned["patches"]["project"]["metadata"]["resourceVersion"] == before[0]
+    assert '"spec.syncPolicy.automated": null' in planned["diff"]["after"]
+    assert versions(kubectl, namespace) == before
+    project, app = objects(kubectl, namespace)
+    assert project["spec"]["syncWindows"] == [OTHERS_WINDOW] and app["spec"]["syncPolicy"]["automated"] == {
+        "selfHeal": True}
+
+    frozen = freeze(tmp_path, "freeze", sandbox_env, namespace)
+    thaw_before = versions(kubectl, namespace)
+    planned_thaw = freeze(tmp_path, "plan-thaw", sandbox_env, namespace, state="thawed", check=True)
+    assert planned_thaw["changed"] and not planned_thaw["frozen"]
+    assert planned_thaw["project"]["sync_windows"]["after"] == [OTHERS_WINDOW]
+    assert planned_thaw["application"]["automated"]["after"] == {"selfHeal": True}
+    assert versions(kubectl, namespace) == thaw_before and frozen["frozen"]
+
+
+def test_a_window_someone_else_adds_during_the_freeze_stays_after_the_thaw(namespace, kubectl, sandbox_env,
+                                                                             tmp_path):
+    make_project(kubectl, namespace)
+    make_app(kubectl, namespace, sync_policy={"automated": {"prune": True}})
+    freeze(tmp_path, "freeze", sandbox_env, namespace)
+    project = objects(kubectl, namespace)[0]
+    windows = [OTHERS_WINDOW] + project["spec"]["syncWindows"]
+    kubectl("patch", "appproject", "payments", "-n", namespace, "--type", "merge", "-p",
+            json.dumps({"spec": {"syncWindows": windows}}))
+    freeze(tmp_path, "thaw", sandbox_env, namespace, state="thawed")
+    project, app = objects(kubectl, namespace)
+    assert project["spec"]["syncWindows"] == [OTHERS_WINDOW]
+    assert PROJECT_RECORD not in project["metadata"].get("annotations", {})
+    assert app["spec"]["syncPolicy"] == {"automated": {"prune": True}}
+
+
+@pytest.mark.parametrize("change", ["auto-sync-back-on", "window-removed"])
+def test_a_freeze_someone_else_changed_is_refused_and_nothing_is_changed(change, namespace, kubectl, sandbox_env,
+                                                                         tmp_path):
+    make_project(kubectl, namespace, [OTHERS_WINDOW])
+    make_app(kubectl, namespace, sync_policy={"automated": {"prune": True, "selfHeal": True}})
+    freeze(tmp_path, "freeze", sandbox_env, namespace)
+    if change == "auto-sync-back-on":
+        kubectl("patch", "application", "aureus-api", "-n", namespace, "--type", "merge", "-p",
+                '{"spec":{"syncPolicy":{"automated":{"prune":false}}}}')
+    else:
+        kubectl("patch", "appproject", "payments", "-n", namespace, "--type", "merge", "-p",
+                json.dumps({"spec": {"syncWindows": [OTHERS_WINDOW]}}))
+    before = objects(kubectl, namespace)
+    for state in ("thawed", "frozen"):
+        refused = freeze(tmp_path, "again-" + state, sandbox_env, namespace, state=state, expect_failure=True)
+        assert refused["refused"] == "changed_since_freeze" and not refused["changed"]
+        assert "someone changed it since our freeze" in refused["msg"] and "Nothing was changed" in refused["msg"]
+        assert ("switched back on" if change == "auto-sync-back-on" else "no longer in") in refused["msg"]
+        after = objects(kubectl, namespace)
+        assert [o["metadata"]["resourceVersion"] for o in after] == [o["metadata"]["resourceVersion"] for o in before]
+
+
+def test_the_workload_tracking_annotation_picks_the_application_to_freeze(namespace, kubectl, sandbox_env, tmp_path):
+    make_project(kubectl, namespace)
+    make_app(kubectl, namespace, sync_policy={"automated": {}})
+    # The Application lives outside Argo CD's namespace, so its tracking id names it <namespace>_<app>.
+    tracking = "%s_aureus-api:apps/Deployment:%s/aureus-api" % (namespace, namespace)
+    apply(kubectl, {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+        "name": "aureus-api", "namespace": namespace, "annotations": {"argocd.argoproj.io/tracking-id": tracking}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "aureus-api"}}, "template": {
+            "metadata": {"labels": {"app": "aureus-api"}},
+            "spec": {"containers": [{"name": "api", "image": "aureus/api:v1.5.0"}]}}}})
+    workload = {"kind": "Deployment", "namespace": namespace, "name": "aureus-api"}
+    detect = {"reconciler": None, "name": None, "namespace": None, "workload": workload}
+    frozen = freeze(tmp_path, "freeze", sandbox_env, None, **detect)
+    assert frozen["changed"] and frozen["reconciler"] == "argocd"
+    assert frozen["detected"] == {"reconciler": "argocd", "source": "annotation argocd.argoproj.io/tracking-id",
+                                  "value": tracking}
+    assert frozen["application"]["namespace"] == namespace and frozen["project"]["name"] == "payments"
+    refused = freeze(tmp_path, "flux", sandbox_env, None, expect_failure=True, **dict(detect, reconciler="flux"))
+    assert refused["refused"] == "mismatch" and "argocd" in refused["msg"]
+    thawed = freeze(tmp_path, "thaw", sandbox_env, None, state="thawed", **detect)
+    assert thawed["changed"] and objects(kubectl, namespace)[1]["spec"]["syncPolicy"] == {"automated": {}}
+
+
+# ---- the adapter: the resourceVersion precondition, strict validation by the CRD, the refresh request
+
+
+@pytest.fixture
+def api(k8s_api):
+    from ansible_collections.governed.rollback.plugins.module_utils._k8s import KubeRest
+
+    return KubeRest(k8s_api)
+
+
+def test_a_patch_computed_from_a_stale_read_is_refused_by_the_api_server(api, namespace, kubectl):
+    from ansible_collections.governed.rollback.plugins.module_utils import _argocd
+    from ansible_collections.governed.rollback.plugins.module_utils._common import RollbackError
+
+    make_project(kubectl, namespace)
+    make_app(kubectl, namespace, sync_policy={"automated": {"prune": True}})
+    stale = _argocd.get(api, "Application", namespace, "aureus-api")
+    kubectl("annotate", "application", "aureus-api", "-n", namespace, "team=payments")
+    moved = objects(kubectl, namespace)[1]
+    with pytest.raises(RollbackError):
+        _argocd.patch(api, stale, {"spec": {"syncPolicy": {"automated": None}}})
+    assert objects(kubectl, namespace)[1] == moved
+
+
+def test_a_window_field_the_crd_does_not_know_is_rejected_not_pruned(api, namespace, kubectl):
+    from ansible_collections.governed.rollback.plugins.module_utils import _argocd
+    from ansible_collections.governed.rollback.plugins.module_utils._common import RollbackError
+
+    make_project(kubectl, namespace)
+    project = _argocd.get(api, "AppProject", namespace, "payments")
+    with pytest.raises(RollbackError, match="unknown field"):
+        _argocd.patch(api, project, {"spec": {"syncWindows": [{"kind": "deny", "schedule": "* * * * *",
+                                                               "duration": "1h", "until": "tomorrow"}]}})
+    assert "syncWindows" not in get(kubectl, "appprojects.argoproj.io", namespace, "payments")["spec"]
+
+
+def test_request_refresh_writes_argo_cds_hard_refresh_annotation(api, namespace, kubectl):
+    from ansible_collections.governed.rollback.plugins.module_utils import _argocd
+
+    make_project(kubectl, namespace)
+    make_app(kubectl, namespace)
+    app = _argocd.get(api, "Application", namespace, "aureus-api")
+    _argocd.request_refresh(api, app)
+    live = objects(kubectl, namespace)[1]
+    assert live["metadata"]["annotations"]["argocd.argoproj.io/refresh"] == "hard"
+    assert spec_json(live) == spec_json(app)
