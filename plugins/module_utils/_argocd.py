@@ -10,6 +10,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import time
+
+from ansible_collections.governed.rollback.plugins.module_utils._flux import workload_status
 from ansible_collections.governed.rollback.plugins.module_utils._workload import MERGE_PATCH, call
 
 PATHS = {
@@ -55,3 +58,18 @@ def request_refresh(api, application, refresh="hard"):
     """Annotate the Application with ``argocd.argoproj.io/refresh`` (``hard``: the manifests are regenerated from
     git, bypassing the repo-server's cache). Returns the patched Application."""
     return patch(api, application, {"metadata": {"annotations": {REFRESH_ANNOTATION: refresh}}}, precondition=False)
+
+
+def wait_rollout(api, workload, timeout, clock=time.monotonic, sleep=time.sleep):
+    """After a refresh: wait until the workload has rolled out on its target image (Argo CD's own sync and health
+    status are not read). Returns ``(done, timings, last)`` like _flux.wait_applied."""
+    start = clock()
+    while True:
+        status = workload_status(api, workload["kind"], workload["namespace"], workload["name"],
+                                 workload["container"], workload["image"])
+        elapsed = clock() - start
+        if status["done"]:
+            return True, {"rollout_seconds": round(elapsed, 3)}, {"workload": status}
+        if elapsed >= timeout:
+            return False, {"rollout_seconds": None}, {"workload": status}
+        sleep(min(1.0, max(0.0, timeout - elapsed)))

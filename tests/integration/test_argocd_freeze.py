@@ -202,6 +202,31 @@ def test_the_workload_tracking_annotation_picks_the_application_to_freeze(namesp
     assert thawed["changed"] and objects(kubectl, namespace)[1]["spec"]["syncPolicy"] == {"automated": {}}
 
 
+def test_the_workload_flux_labels_pick_the_kustomization_and_the_flux_freeze_round_trips(namespace, kubectl,
+                                                                                         sandbox_env, tmp_path):
+    # A Kustomization in a namespace of the test's own: the sandbox's kustomize-controller watches flux-system only.
+    apply(kubectl, {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+                    "metadata": {"name": "aureus-api", "namespace": namespace},
+                    "spec": {"interval": "10m", "prune": True, "path": "./apps/aureus-api",
+                             "sourceRef": {"kind": "GitRepository", "name": "aureus-deploy"}}})
+    apply(kubectl, {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+        "name": "aureus-api", "namespace": namespace,
+        "labels": {"kustomize.toolkit.fluxcd.io/name": "aureus-api", "kustomize.toolkit.fluxcd.io/namespace": namespace}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "aureus-api"}}, "template": {
+            "metadata": {"labels": {"app": "aureus-api"}},
+            "spec": {"containers": [{"name": "api", "image": "aureus/api:v1.5.0"}]}}}})
+    original = get(kubectl, "kustomizations.kustomize.toolkit.fluxcd.io", namespace, "aureus-api")
+    detect = {"reconciler": None, "name": None, "namespace": None,
+              "workload": {"kind": "Deployment", "namespace": namespace, "name": "aureus-api"}}
+    frozen = freeze(tmp_path, "freeze", sandbox_env, None, **detect)
+    assert frozen["changed"] and frozen["reconciler"] == "flux" and frozen["suspend"]["after"] is True
+    assert frozen["detected"]["source"] == "label kustomize.toolkit.fluxcd.io/name"
+    assert frozen["object"]["namespace"] == namespace
+    freeze(tmp_path, "thaw", sandbox_env, None, state="thawed", **detect)
+    after = get(kubectl, "kustomizations.kustomize.toolkit.fluxcd.io", namespace, "aureus-api")
+    assert spec_json(after) == spec_json(original)
+
+
 # ---- the adapter: the resourceVersion precondition, strict validation by the CRD, the refresh request
 
 
@@ -248,3 +273,79 @@ def test_request_refresh_writes_argo_cds_hard_refresh_annotation(api, namespace,
     live = objects(kubectl, namespace)[1]
     assert live["metadata"]["annotations"]["argocd.argoproj.io/refresh"] == "hard"
     assert spec_json(live) == spec_json(app)
+
+
+# ---- gitops_revert's reconcile for a workload Argo CD tracks (its Run at the adapter level: a full run needs Flux's
+# Kustomization for the repository check, and no Argo CD controller runs here to sync the merge)
+
+IMAGE = "aureus/api@sha256:" + "4" * 64
+
+
+def tracked_deployment(kubectl, namespace, tracking):
+    apply(kubectl, {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+        "name": "aureus-api", "namespace": namespace, "annotations": {"argocd.argoproj.io/tracking-id": tracking}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "aureus-api"}}, "template": {
+            "metadata": {"labels": {"app": "aureus-api"}},
+            "spec": {"containers": [{"name": "api", "image": IMAGE}]}}}})
+    kubectl("rollout", "status", "deployment/aureus-api", "-n", namespace, "--timeout=90s")
+
+
+def revert_run(api, namespace, **params):
+    from ansible_collections.governed.rollback.plugins.modules import gitops_revert
+
+    base = {"path": "apps/aureus-api", "component": "aureus-api", "workload_kind": "Deployment",
+            "workload_name": "aureus-api", "workload_namespace": namespace, "container": None,
+            "argocd_namespace": namespace, "wait_timeout": 30, "branch": "main", "mode": "pin",
+            "repo_url": "http://127.0.0.1:3000/aureus/aureus-deploy.git"}
+    run = gitops_revert.Run(dict(base, **params), api, None, False)
+    run.kust, run.kust_namespace = {"spec": {}}, None
+    return run
+
+
+def test_gitops_revert_requests_argo_cds_hard_refresh_and_waits_on_the_workload(api, namespace, kubectl):
+    make_project(kubectl, namespace)
+    make_app(kubectl, namespace, sync_policy={"automated": {"prune": True}})
+    tracked_deployment(kubectl, namespace, "aureus-api:apps/Deployment:%s/aureus-api" % namespace)
+    app_before = objects(kubectl, namespace)[1]
+    run = revert_run(api, namespace)
+    run.workload = run.workload_ref({"name": "aureus/api"})
+    assert run.workload["argocd"]["name"] == "aureus-api" and run.workload["argocd"]["namespace"] == namespace
+    # What plan() and act() hand over: the refs (git SHAs and digests) and the merged pull request.
+    current = {"sha": "c" * 40, "image": "aureus/api@sha256:" + "5" * 64, "digest": "sha256:" + "5" * 64}
+    target = {"sha": "a" * 40, "image": IMAGE, "digest": "sha256:" + "4" * 64}
+    pr = {"number": 7, "head": "ops/rollback-aureus-api-x"}
+    run.reconcile("a" * 40, current, target, None, pr)
+    record = run.result["reconcile"]
+    assert record["reconciler"] == "argocd" and record["done"] and record["refresh"] == "hard"
+    assert record["application"] == "%s/aureus-api" % namespace and record["waited_on"] == "workload rollout"
+    assert record["timings"]["rollout_seconds"] is not None
+    assert run.result["receipt_fields"]["details"]["reconcile"]["reconciler"] == "argocd"
+    app = objects(kubectl, namespace)[1]
+    assert app["metadata"]["annotations"]["argocd.argoproj.io/refresh"] == "hard"
+    assert spec_json(app) == spec_json(app_before)
+
+
+def test_gitops_revert_fails_at_the_deadline_naming_argo_cd_when_the_workload_never_rolls_out(api, namespace,
+                                                                                              kubectl):
+    from ansible_collections.governed.rollback.plugins.module_utils._common import RollbackError
+
+    make_project(kubectl, namespace)
+    make_app(kubectl, namespace)
+    tracked_deployment(kubectl, namespace, "aureus-api:apps/Deployment:%s/aureus-api" % namespace)
+    run = revert_run(api, namespace, wait_timeout=2)
+    run.workload = run.workload_ref({"name": "aureus/api"})
+    current = {"sha": "c" * 40, "image": IMAGE, "digest": "sha256:" + "4" * 64}
+    other = {"sha": "b" * 40, "image": "aureus/api@sha256:" + "6" * 64, "digest": "sha256:" + "6" * 64}
+    with pytest.raises(RollbackError, match="asked for a hard refresh") as failed:
+        run.reconcile("b" * 40, current, other, None, {"number": 8})
+    assert "sync status is not read" in failed.value.msg and not run.result["reconcile"]["done"]
+
+
+def test_a_workload_tracked_by_an_application_that_does_not_exist_is_refused_before_anything_is_pushed(
+        api, namespace, kubectl):
+    from ansible_collections.governed.rollback.plugins.module_utils._common import Refused
+
+    tracked_deployment(kubectl, namespace, "ghost:apps/Deployment:%s/aureus-api" % namespace)
+    with pytest.raises(Refused, match="Application %s/ghost not found" % namespace) as refused:
+        revert_run(api, namespace).workload_ref({"name": "aureus/api"})
+    assert refused.value.code == "not_found"
