@@ -19,7 +19,6 @@ os.environ.setdefault("ANSIBLE_CONFIG", os.path.join(ROOT, "ansible.cfg"))
 pytest_plugins = ["tests.sandbox_fixtures"]
 
 
-
 # Parallel runs (make test: pytest -n N): each test file is one unit of work, kept on one worker in file order, so
 # its module fixtures and its own sequence hold. Files that change state other files read (the sandbox's seeded
 # world: `seed.sh --reset`, AUREUS Guard, the aureus namespace and its database, the GitOps loop, the governed API

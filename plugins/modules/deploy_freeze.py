@@ -214,8 +214,9 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.governed.rollback.plugins.module_utils import _argocd, _argspec, _gitops
-from ansible_collections.governed.rollback.plugins.module_utils._common import (Refused, RollbackError,
-                                                                               fail_from_exception, utc_stamp)
+from ansible_collections.governed.rollback.plugins.module_utils._common import (
+    Refused, RollbackError, fail_from_exception, utc_stamp,
+)
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import KubeRest, build_api_client, require_k8s
 from ansible_collections.governed.rollback.plugins.module_utils._k8s_objects import argocd_application, describe
 from ansible_collections.governed.rollback.plugins.module_utils._workload import (KINDS, MERGE_PATCH, call,

@@ -574,7 +574,8 @@ class Run(object):
 
     def reconcile(self, merge_sha, current, target, reverted, pr):
         if self.argocd_app is not None:
-            return self.reconcile_argocd(merge_sha, current, target, reverted, pr)
+            self.reconcile_argocd(merge_sha, current, target, reverted, pr)
+            return
         through_freeze = bool(self.frozen and (self.kust.get("spec") or {}).get("suspend"))
         requested_at = _flux.request_reconcile(self.api, [self.source])
 
@@ -590,7 +591,7 @@ class Run(object):
         finally:
             if through_freeze:
                 _flux.set_suspend(self.api, self.kust, True)
-        record = {"done": done, "requested_at": requested_at, "timings": timings, "last": last,
+        record = {"reconciler": "flux", "done": done, "requested_at": requested_at, "timings": timings, "last": last,
                   "through_freeze": through_freeze}
         self.result["reconcile"] = record
         self.result["receipt_fields"] = self.receipt_fields(current, target, reverted, pr, merge_sha,
@@ -604,7 +605,6 @@ class Run(object):
                    progress.get("ready_status"), progress.get("ready_reason"), progress.get("ready_message"),
                    (last.get("workload") or {}).get("rollout", "not checked"), self.p["branch"]),
                 **dict((k, v) for k, v in self.result.items() if k != "changed"))
-
 
     def reconcile_argocd(self, merge_sha, current, target, reverted, pr):
         """Argo CD tracks the workload: a hard refresh of its Application, then the workload's rollout (Argo CD's own

@@ -54,14 +54,17 @@ def versions(kubectl, namespace, name="aureus-api"):
     return [o["metadata"]["resourceVersion"] for o in objects(kubectl, namespace, name)]
 
 
-def freeze(tmp_path, label, env, app_namespace, state="frozen", check=False, expect_failure=False, **extra):
-    """Run deploy_freeze on the Application aureus-api in ``app_namespace``; ``extra`` overrides (None: left out)."""
+def freeze(tmp_path, label, env, app_namespace, state="frozen", check=False, expect_failure=False, overrides=None,
+           **extra):
+    """Run deploy_freeze on the Application aureus-api in ``app_namespace``; ``extra`` and ``overrides`` replace
+    arguments (None: left out)."""
     args = {"reconciler": "argocd", "name": "aureus-api", "namespace": app_namespace, "state": state,
             "kubeconfig": env["KUBECONFIG"]}
     if state == "frozen":
         args.update(actor="oncall", reason="rollback of v1.5.0", incident_id="INC-ARGO",
                     until="2026-12-01T12:00:00Z")
     args.update(extra)
+    args.update(overrides or {})
     args = dict((key, value) for key, value in args.items() if value is not None)
     failed, result = pb.run_module(os.path.join(str(tmp_path), label), MODULE, args, check=check, diff=True)
     assert failed == expect_failure, result.get("msg")
@@ -73,8 +76,8 @@ def freeze(tmp_path, label, env, app_namespace, state="frozen", check=False, exp
     (None, {"automated": {"prune": False, "allowEmpty": True}}),
     ([], None),
 ], ids=["others-window-and-auto-sync", "no-windows", "no-auto-sync"])
-def test_freeze_and_thaw_round_trip_restores_the_exact_previous_specs(windows, sync_policy, namespace, kubectl,
-                                                                       sandbox_env, tmp_path):
+def test_freeze_and_thaw_round_trip_restores_the_exact_previous_specs(
+        windows, sync_policy, namespace, kubectl, sandbox_env, tmp_path):
     make_project(kubectl, namespace, windows)
     make_app(kubectl, namespace, sync_policy=sync_policy)
     project, app = objects(kubectl, namespace)
@@ -141,8 +144,8 @@ def test_check_mode_returns_the_plan_the_api_server_would_store_and_changes_noth
     assert versions(kubectl, namespace) == thaw_before and frozen["frozen"]
 
 
-def test_a_window_someone_else_adds_during_the_freeze_stays_after_the_thaw(namespace, kubectl, sandbox_env,
-                                                                             tmp_path):
+def test_a_window_someone_else_adds_during_the_freeze_stays_after_the_thaw(
+        namespace, kubectl, sandbox_env, tmp_path):
     make_project(kubectl, namespace)
     make_app(kubectl, namespace, sync_policy={"automated": {"prune": True}})
     freeze(tmp_path, "freeze", sandbox_env, namespace)
@@ -191,14 +194,15 @@ def test_the_workload_tracking_annotation_picks_the_application_to_freeze(namesp
             "spec": {"containers": [{"name": "api", "image": "aureus/api:v1.5.0"}]}}}})
     workload = {"kind": "Deployment", "namespace": namespace, "name": "aureus-api"}
     detect = {"reconciler": None, "name": None, "namespace": None, "workload": workload}
-    frozen = freeze(tmp_path, "freeze", sandbox_env, None, **detect)
+    frozen = freeze(tmp_path, "freeze", sandbox_env, None, overrides=detect)
     assert frozen["changed"] and frozen["reconciler"] == "argocd"
     assert frozen["detected"] == {"reconciler": "argocd", "source": "annotation argocd.argoproj.io/tracking-id",
                                   "value": tracking}
     assert frozen["application"]["namespace"] == namespace and frozen["project"]["name"] == "payments"
-    refused = freeze(tmp_path, "flux", sandbox_env, None, expect_failure=True, **dict(detect, reconciler="flux"))
+    refused = freeze(tmp_path, "flux", sandbox_env, None, expect_failure=True,
+                     overrides=dict(detect, reconciler="flux"))
     assert refused["refused"] == "mismatch" and "argocd" in refused["msg"]
-    thawed = freeze(tmp_path, "thaw", sandbox_env, None, state="thawed", **detect)
+    thawed = freeze(tmp_path, "thaw", sandbox_env, None, state="thawed", overrides=detect)
     assert thawed["changed"] and objects(kubectl, namespace)[1]["spec"]["syncPolicy"] == {"automated": {}}
 
 
@@ -218,11 +222,11 @@ def test_the_workload_flux_labels_pick_the_kustomization_and_the_flux_freeze_rou
     original = get(kubectl, "kustomizations.kustomize.toolkit.fluxcd.io", namespace, "aureus-api")
     detect = {"reconciler": None, "name": None, "namespace": None,
               "workload": {"kind": "Deployment", "namespace": namespace, "name": "aureus-api"}}
-    frozen = freeze(tmp_path, "freeze", sandbox_env, None, **detect)
+    frozen = freeze(tmp_path, "freeze", sandbox_env, None, overrides=detect)
     assert frozen["changed"] and frozen["reconciler"] == "flux" and frozen["suspend"]["after"] is True
     assert frozen["detected"]["source"] == "label kustomize.toolkit.fluxcd.io/name"
     assert frozen["object"]["namespace"] == namespace
-    freeze(tmp_path, "thaw", sandbox_env, None, state="thawed", **detect)
+    freeze(tmp_path, "thaw", sandbox_env, None, state="thawed", overrides=detect)
     after = get(kubectl, "kustomizations.kustomize.toolkit.fluxcd.io", namespace, "aureus-api")
     assert spec_json(after) == spec_json(original)
 
