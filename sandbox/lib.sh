@@ -123,6 +123,9 @@ health_check() {
         "$SANDBOX_KUBECTL" --cache-dir "$SANDBOX_KUBECTL_CACHE" get kustomization aureus-api -n flux-system \
             >/dev/null 2>&1 || bad="$bad kustomize-controller"
     fi
+    # Argo CD's CRDs (no controller): deploy_freeze's Application and AppProject objects.
+    "$SANDBOX_KUBECTL" --cache-dir "$SANDBOX_KUBECTL_CACHE" get crd appprojects.argoproj.io applications.argoproj.io \
+        >/dev/null 2>&1 || bad="$bad argocd-crds"
     if [ -n "$bad" ]; then
         [ -n "$quiet" ] && return 1
         for b in $bad; do

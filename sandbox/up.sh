@@ -347,6 +347,13 @@ if [ "${SANDBOX_GITOPS:-1}" != 0 ]; then
     . "$HERE/gitops.sh"
 fi
 
+# ---- argocd CRDs: Argo CD's Application and AppProject CRDs (no controller), so the API server validates what
+# deploy_freeze writes; tests keep their Applications and AppProjects in namespaces of their own.
+"$KUBECTL" --cache-dir "$STATE/kcache" apply --server-side -f "$ARGOCD_CRDS" >/dev/null
+# (kubectl wait fails outright on a CRD whose status is not written yet, hence the retry)
+wait_for "argocd CRDs established" 60 "$KUBECTL" --cache-dir "$STATE/kcache" wait --for condition=established \
+    --timeout=5s crd/applications.argoproj.io crd/appprojects.argoproj.io
+
 "$HERE/seed.sh"
 
 # The same coordinates as JSON for the sandbox inventory (no secrets: the DB password stays in a file).

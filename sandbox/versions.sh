@@ -32,6 +32,12 @@ FLUX_BIN=$CACHE/flux-$FLUX_VERSION/bin
 # stands for aureus-api is told which one is the bad release): sha256 of "aureus/api:<version>".
 gitops_digest() { printf 'sha256:%s' "$(printf 'aureus/api:%s' "$1" | sha256sum | cut -d' ' -f1)"; }
 
+# ---- argocd CRDs (issue 17): Argo CD's Application and AppProject CRDs, extracted from its Go module's zip (no
+# controller: Argo CD v3.6 needs Go 1.27 to build, and a repo-server and Redis to run). The h1 hash is go.sum's line.
+ARGOCD_VERSION=${ARGOCD_VERSION:-v3.6.1}
+ARGOCD_MODULE_H1=${ARGOCD_MODULE_H1:-h1:OmhqeKiR3C//awbFrhQqFdtRI+Qiv17j8vqm3UkMj/g=}
+ARGOCD_CRDS=$CACHE/argocd-crds-$ARGOCD_VERSION/crds
+
 SANDBOX_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${GOVERNED_ROLLBACK_STATE:-$SANDBOX_ROOT/.sandbox}
 

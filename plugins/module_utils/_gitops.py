@@ -520,53 +520,123 @@ def flux_thaw_patch(obj):
             "spec": {"suspend": previous["suspend"] if "suspend" in previous else None}}
 
 
-def argocd_freeze_patches(project, application, actor, reason, until, incident_id, at, duration="24h"):
-    """Argo CD: a ``deny`` sync window for the application on its AppProject and auto-sync switched off, with the
-    previous ``syncPolicy.automated`` recorded. Returns ``(project_patch, application_patch)``; None for a part
-    already frozen by us."""
-    app_name = application["metadata"]["name"]
+# Argo CD: a deny window that starts every minute is open at every moment, whatever its duration, until removed.
+ARGO_WINDOW_SCHEDULE = "* * * * *"
+ARGO_WINDOW_DURATION = "1h"
+
+
+def argocd_deny_window(app_name, incident_id, reason):
+    """The AppProject sync window a freeze adds: ``deny`` for this one application, manual syncs denied too."""
+    return {"kind": "deny", "schedule": ARGO_WINDOW_SCHEDULE, "duration": ARGO_WINDOW_DURATION,
+            "applications": [app_name], "manualSync": False,
+            "description": _one_line("deploy freeze (governed.rollback) %s: %s" % (incident_id or "-", reason or "-"))}
+
+
+def _automated(application):
+    sync_policy = (application.get("spec") or {}).get("syncPolicy") or {}
+    return sync_policy.get("automated")
+
+
+def _app_key(application):
+    meta = application["metadata"]
+    return "%s/%s" % (meta.get("namespace") or "", meta["name"])
+
+
+def _project_record(project):
+    record = read_record(project, ARGO_PROJECT_ANNOTATION) or {}
+    return {"absent": bool(record.get("absent")), "applications": dict(record.get("applications") or {})}
+
+
+def _describe(obj):
+    meta = obj["metadata"]
+    return "%s %s/%s" % (obj.get("kind") or "object", meta.get("namespace"), meta["name"])
+
+
+def argocd_changed_since_freeze(project, application):
+    """What someone else changed since our freeze (a list of sentences, empty when the freeze is as we left it):
+    our deny window gone from the AppProject, or auto-sync switched back on in the Application."""
+    problems = []
+    entry = _project_record(project)["applications"].get(_app_key(application)) if project else None
+    if entry is not None and entry.get("window") not in ((project.get("spec") or {}).get("syncWindows") or []):
+        problems.append("the deny window of our freeze is no longer in %s's spec.syncWindows" % _describe(project))
+    if read_record(application) is not None and _automated(application) is not None:
+        problems.append("auto-sync (spec.syncPolicy.automated) of %s was switched back on: %s"
+                        % (_describe(application), json.dumps(_automated(application), sort_keys=True)))
+    return problems
+
+
+def _refuse_if_changed(project, application, doing):
+    problems = argocd_changed_since_freeze(project, application)
+    if problems:
+        raise Refused("refusing to %s %s: someone changed it since our freeze - %s. Nothing was changed. Find out "
+                      "who and why; to start over, remove the annotation %s (and %s on the AppProject) by hand"
+                      % (doing, _describe(application), "; ".join(problems), FREEZE_ANNOTATION,
+                         ARGO_PROJECT_ANNOTATION), "changed_since_freeze", changes=problems)
+
+
+def argocd_freeze_patches(project, application, actor, reason, until, incident_id, at, window=True,
+                          auto_sync=True):
+    """Argo CD: a ``deny`` sync window for the application on its AppProject (``window``) and auto-sync switched off
+    with the previous ``spec.syncPolicy.automated`` recorded (``auto_sync``). Returns
+    ``(project_patch, application_patch)`` (merge patches); None for a part not asked for or already frozen by us.
+    Refused when our freeze is on but someone changed what it set."""
+    _refuse_if_changed(project, application, "freeze")
     project_patch = None
-    windows = list((project.get("spec") or {}).get("syncWindows") or [])
-    recorded = read_record(project, ARGO_PROJECT_ANNOTATION) or {}
-    if app_name not in recorded:
-        window = {"kind": "deny", "schedule": "* * * * *", "duration": duration, "applications": [app_name],
-                  "manualSync": False}
-        recorded = dict(recorded)
-        recorded[app_name] = {"window": window, "who": actor, "why": reason, "until": until,
-                              "incident": incident_id, "at": at}
-        project_patch = {"metadata": {"annotations": {ARGO_PROJECT_ANNOTATION: json.dumps(recorded, sort_keys=True)}},
-                         "spec": {"syncWindows": windows + [window]}}
+    record = _project_record(project) if project else None
+    key = _app_key(application)
+    if window and key not in record["applications"]:
+        spec = project.get("spec") or {}
+        windows = list(spec.get("syncWindows") or [])
+        if not record["applications"]:
+            record["absent"] = spec.get("syncWindows") is None
+        deny = argocd_deny_window(application["metadata"]["name"], incident_id, reason)
+        record["applications"][key] = {"window": deny, "who": actor, "why": reason, "until": until,
+                                       "incident": incident_id, "at": at}
+        project_patch = {"metadata": {"annotations": {ARGO_PROJECT_ANNOTATION: json.dumps(record, sort_keys=True)}},
+                         "spec": {"syncWindows": windows + [deny]}}
     app_patch = None
-    if read_record(application) is None:
-        sync_policy = (application.get("spec") or {}).get("syncPolicy") or {}
-        previous = {"automated": sync_policy["automated"]} if "automated" in sync_policy else {}
-        record = freeze_record(actor, reason, until, incident_id, at, previous)
-        app_patch = {"metadata": {"annotations": {FREEZE_ANNOTATION: json.dumps(record, sort_keys=True)}},
-                     "spec": {"syncPolicy": {"automated": None}}}
+    if auto_sync and read_record(application) is None:
+        automated = _automated(application)
+        previous = {"automated": automated} if automated is not None else {}
+        app_patch = {"metadata": {"annotations": {FREEZE_ANNOTATION: json.dumps(
+            freeze_record(actor, reason, until, incident_id, at, previous), sort_keys=True)}}}
+        if automated is not None:
+            app_patch["spec"] = {"syncPolicy": {"automated": None}}
     return project_patch, app_patch
 
 
 def argocd_thaw_patches(project, application):
-    """Undo argocd_freeze_patches exactly: our window removed (only ours), auto-sync restored as recorded."""
-    app_name = application["metadata"]["name"]
+    """Undo argocd_freeze_patches exactly: our window removed (only ours; others' windows, added before or since,
+    stay; ``syncWindows`` removed when it was absent and nothing else is left), auto-sync restored as recorded.
+    Refused, changing nothing, when someone changed what the freeze set."""
+    _refuse_if_changed(project, application, "thaw")
     project_patch = None
-    recorded = read_record(project, ARGO_PROJECT_ANNOTATION) or {}
-    if app_name in recorded:
-        ours = recorded[app_name]["window"]
+    record = _project_record(project) if project else None
+    key = _app_key(application)
+    if record and key in record["applications"]:
+        ours = record["applications"].pop(key)["window"]
         windows = list((project.get("spec") or {}).get("syncWindows") or [])
-        if ours in windows:
-            windows.remove(ours)
-        rest = dict((k, v) for k, v in recorded.items() if k != app_name)
+        windows.remove(ours)
+        rest = record if record["applications"] else None
         project_patch = {"metadata": {"annotations": {ARGO_PROJECT_ANNOTATION: json.dumps(rest, sort_keys=True)
                                                       if rest else None}},
-                         "spec": {"syncWindows": windows}}
+                         "spec": {"syncWindows": None if (rest is None and record["absent"] and not windows)
+                                  else windows}}
     app_patch = None
-    record = read_record(application)
-    if record is not None:
-        previous = record.get("previous") or {}
-        app_patch = {"metadata": {"annotations": {FREEZE_ANNOTATION: None}},
-                     "spec": {"syncPolicy": {"automated": previous.get("automated")}}}
+    app_record = read_record(application)
+    if app_record is not None:
+        previous = app_record.get("previous") or {}
+        app_patch = {"metadata": {"annotations": {FREEZE_ANNOTATION: None}}}
+        if previous.get("automated") is not None:
+            app_patch["spec"] = {"syncPolicy": {"automated": previous["automated"]}}
     return project_patch, app_patch
+
+
+def argocd_freeze_state(project, application):
+    """What our freeze holds on an Argo CD application: ``window`` (the project record's entry, or None) and
+    ``record`` (the Application's freeze record, or None)."""
+    entry = _project_record(project)["applications"].get(_app_key(application)) if project else None
+    return {"window": entry, "record": read_record(application)}
 
 
 def apply_merge_patch(obj, patch):

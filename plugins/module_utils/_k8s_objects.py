@@ -127,3 +127,38 @@ def check_gitops(what, obj, allow_gitops_drift=False, redeployed="what is being 
             % (what, tools, evidence), "gitops_owned", gitops_owners=owners)
     return owners, ["%s is managed by %s (%s): revert the change in the GitOps source too, or its next sync "
                     "will re-deploy %s" % (what, tools, evidence, redeployed)]
+
+
+# --- Argo CD: which Application tracks an object ------------------------------------------------------------------
+
+ARGOCD_TRACKING_ANNOTATION = "argocd.argoproj.io/tracking-id"
+# Argo CD's label tracking uses its instance label key (app.kubernetes.io/instance by default, which Helm charts set
+# too; Argo CD's docs advise a key of its own such as this one), so the default here is the unambiguous key.
+ARGOCD_INSTANCE_LABEL = "argocd.argoproj.io/instance"
+
+
+def _argocd_instance_name(value):
+    """Argo CD's instance name: ``<app>``, or ``<namespace>_<app>`` for an Application outside its control plane's
+    namespace (Kubernetes names cannot hold ``_``, so the split is unambiguous)."""
+    namespace, sep, name = value.rpartition("_")
+    return name, (namespace if sep else None)
+
+
+def argocd_application(obj, label_key=ARGOCD_INSTANCE_LABEL):
+    """The Argo CD Application tracking ``obj`` - ``{name, namespace, source, value}``, ``namespace`` None meaning
+    Argo CD's own namespace - from its tracking annotation (``<app>:<group>/<kind>:<ns>/<name>``, Argo CD's
+    default), else from its instance label; None when neither is there (or the annotation is not Argo CD's format)."""
+    meta = obj.get("metadata") or {}
+    value = (meta.get("annotations") or {}).get(ARGOCD_TRACKING_ANNOTATION)
+    if value:
+        parts = value.split(":", 2)
+        if len(parts) != 3 or parts[1].count("/") != 1 or parts[2].count("/") != 1 or not parts[0]:
+            return None
+        name, namespace = _argocd_instance_name(parts[0])
+        return {"name": name, "namespace": namespace, "source": "annotation " + ARGOCD_TRACKING_ANNOTATION,
+                "value": value}
+    value = (meta.get("labels") or {}).get(label_key)
+    if value:
+        name, namespace = _argocd_instance_name(value)
+        return {"name": name, "namespace": namespace, "source": "label " + label_key, "value": value}
+    return None

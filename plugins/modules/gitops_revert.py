@@ -38,7 +38,16 @@ description:
     Kustomization suspended by someone else (with O(merge=true); a pull request left open for review is still opened).
   - Idempotent by incident - when the branch already holds this incident's rollback of the component, or a rollback
     pull request for it is open, no second one is opened.
-  - Argo CD-managed workloads and Helm values pins are not supported by this version.
+  - Argo CD - when the workload carries Argo CD's tracking annotation C(argocd.argoproj.io/tracking-id) (or its
+    instance label C(argocd.argoproj.io/instance)), the reconcile request is Argo CD's hard refresh instead of
+    Flux's - the annotation C(argocd.argoproj.io/refresh=hard) on the Application it names (in O(argocd_namespace),
+    or the namespace the tracking id names as C(<namespace>_<app>)); an Application that does not exist is refused
+    before anything is pushed. The wait is then on the workload's rollout on the target image only - Argo CD's sync
+    and health status are not read (this version is tested against Argo CD's CRDs without its controller), and the
+    repository check still reads the Flux Kustomization O(kustomization). An Application frozen by
+    M(governed.rollback.deploy_freeze) does not sync (its deny window holds) - thaw it first, or run with
+    O(wait=false); a warning says so when the Application's auto-sync is off by such a freeze.
+  - Helm values pins are not supported by this version.
 options:
   repo_url:
     description:
@@ -116,6 +125,11 @@ options:
   workload_namespace:
     description: Namespace of the workload; the Kustomization's C(targetNamespace) by default.
     type: str
+  argocd_namespace:
+    description: Argo CD's namespace - where the Application named by the workload's tracking annotation lives, unless
+      the annotation names another (C(<namespace>_<app>)).
+    type: str
+    default: argocd
   container:
     description: The workload's container that runs the image; the one whose image is the entry's by default.
     type: str
@@ -248,8 +262,12 @@ commit_diff:
   returned: when a plan was made
   type: str
 reconcile:
-  description: The reconcile - C(done), C(requested_at), C(timings) (C(source_seconds), C(applied_seconds),
-    C(rollout_seconds)), C(last) (Flux's conditions and the workload, the failure evidence), C(through_freeze).
+  description:
+    - The reconcile - C(reconciler) (C(flux) or C(argocd)), C(done), C(requested_at), C(timings)
+      (C(source_seconds), C(applied_seconds), C(rollout_seconds)), C(last) (Flux's conditions and the workload, the
+      failure evidence), C(through_freeze).
+    - Argo CD - also C(application) (C(<namespace>/<name>)), C(refresh) (C(hard)) and C(waited_on)
+      (C(workload rollout)); C(timings) has C(rollout_seconds) only.
   returned: when merged and O(wait=true)
   type: dict
 refused:
@@ -263,13 +281,14 @@ refused:
 import os
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
-from ansible_collections.governed.rollback.plugins.module_utils import _argspec, _flux, _gitops
+from ansible_collections.governed.rollback.plugins.module_utils import _argocd, _argspec, _flux, _gitops
 from ansible_collections.governed.rollback.plugins.module_utils._common import (
     Refused, RollbackError, check_binding, fail_from_exception, utc_now,
 )
 from ansible_collections.governed.rollback.plugins.module_utils._forge import forge_for
 from ansible_collections.governed.rollback.plugins.module_utils._git import Clone
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import KubeRest, build_api_client, require_k8s
+from ansible_collections.governed.rollback.plugins.module_utils._k8s_objects import argocd_application
 from ansible_collections.governed.rollback.plugins.module_utils._workload import KINDS, call
 
 
@@ -292,6 +311,7 @@ def argument_spec():
         workload_kind=dict(type="str", choices=list(KINDS), default="Deployment"),
         workload_name=dict(type="str"),
         workload_namespace=dict(type="str"),
+        argocd_namespace=dict(type="str", default=_argocd.DEFAULT_NAMESPACE),
         container=dict(type="str"),
         merge=dict(type="bool", default=True),
         approval=dict(type="dict", default={}),
@@ -317,6 +337,7 @@ class Run(object):
         self.pushed = False
         self.open_pr = None
         self.message = None
+        self.argocd_app = None
 
     # ---- reading the world
     def read_reconciler(self):
@@ -361,8 +382,16 @@ class Run(object):
                         if (c.get("image") or "").split("@")[0].rsplit(":", 1)[0] in names]
             container = matching[0] if matching else (containers[0]["name"] if containers else None)
         live = dict((c.get("name"), c.get("image")) for c in containers).get(container)
-        return {"kind": kind, "namespace": namespace, "name": name, "container": container, "live_image": live,
-                "uid": workload["metadata"].get("uid"), "object": workload}
+        ref = {"kind": kind, "namespace": namespace, "name": name, "container": container, "live_image": live,
+               "uid": workload["metadata"].get("uid"), "object": workload}
+        tracked = argocd_application(workload)
+        if tracked:
+            # Read now, so an Application that is not there is refused before anything is pushed.
+            self.argocd_app = _argocd.get(self.api, "Application", tracked["namespace"] or self.p["argocd_namespace"],
+                                          tracked["name"])
+            ref["argocd"] = {"namespace": self.argocd_app["metadata"]["namespace"], "name": tracked["name"],
+                             "source": tracked["source"], "value": tracked["value"]}
+        return ref
 
     def runs_digest(self, workload, live, target):
         """A workload whose image has only a tag, when every pod reports the target digest for it (the pin of an
@@ -577,6 +606,9 @@ class Run(object):
             self.reconcile(merge_sha, current, target, reverted, pr)
 
     def reconcile(self, merge_sha, current, target, reverted, pr):
+        if self.argocd_app is not None:
+            self.reconcile_argocd(merge_sha, current, target, reverted, pr)
+            return
         through_freeze = bool(self.frozen and (self.kust.get("spec") or {}).get("suspend"))
         requested_at = _flux.request_reconcile(self.api, [self.source])
 
@@ -592,7 +624,7 @@ class Run(object):
         finally:
             if through_freeze:
                 _flux.set_suspend(self.api, self.kust, True)
-        record = {"done": done, "requested_at": requested_at, "timings": timings, "last": last,
+        record = {"reconciler": "flux", "done": done, "requested_at": requested_at, "timings": timings, "last": last,
                   "through_freeze": through_freeze}
         self.result["reconcile"] = record
         self.result["receipt_fields"] = self.receipt_fields(current, target, reverted, pr, merge_sha,
@@ -605,6 +637,34 @@ class Run(object):
                 % (merge_sha[:12], pr.get("number"), self.p["wait_timeout"], progress.get("source_revision"),
                    progress.get("ready_status"), progress.get("ready_reason"), progress.get("ready_message"),
                    (last.get("workload") or {}).get("rollout", "not checked"), self.p["branch"]),
+                **dict((k, v) for k, v in self.result.items() if k != "changed"))
+
+    def reconcile_argocd(self, merge_sha, current, target, reverted, pr):
+        """Argo CD tracks the workload: a hard refresh of its Application, then the workload's rollout (Argo CD's own
+        sync status is not read)."""
+        app = self.argocd_app
+        where = "%s/%s" % (app["metadata"]["namespace"], app["metadata"]["name"])
+        if _gitops.read_record(app) is not None:
+            self.warnings.append("Argo CD Application %s is frozen by deploy_freeze (auto-sync off): the refresh "
+                                 "shows the merge as OutOfSync but nothing syncs it until the freeze is thawed" % where)
+        requested_at = utc_now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        _argocd.request_refresh(self.api, app)
+        workload = dict(self.workload, image=target["image"])
+        done, timings, last = _argocd.wait_rollout(self.api, workload, self.p["wait_timeout"])
+        record = {"reconciler": "argocd", "application": where, "refresh": "hard", "done": done,
+                  "requested_at": requested_at, "timings": timings, "last": last, "through_freeze": False,
+                  "waited_on": "workload rollout"}
+        self.result["reconcile"] = record
+        self.result["receipt_fields"] = self.receipt_fields(current, target, reverted, pr, merge_sha,
+                                                            dict(record, last=None))
+        if not done:
+            raise RollbackError(
+                "the rollback was merged (%s, pull request #%s) and Argo CD's Application %s was asked for a hard "
+                "refresh, but %s %s/%s did not roll out on %s within %ss (%s). Argo CD's sync status is not read by "
+                "this version: check the Application (argocd app get %s). The merge stays on %s; see reconcile.last"
+                % (merge_sha[:12], pr.get("number"), where, workload["kind"], workload["namespace"],
+                   workload["name"], target["image"], self.p["wait_timeout"],
+                   (last.get("workload") or {}).get("rollout"), where, self.p["branch"]),
                 **dict((k, v) for k, v in self.result.items() if k != "changed"))
 
 
