@@ -18,8 +18,6 @@ os.environ.setdefault("ANSIBLE_CONFIG", os.path.join(ROOT, "ansible.cfg"))
 # tests/integration alike.
 pytest_plugins = ["tests.sandbox_fixtures"]
 
-
-
 # Parallel runs (make test): each test file is one unit of work, kept on one worker in file order, so its module
 # fixtures and its own sequence hold. Files that change seeded state other files read are grouped by that state and
 # a group runs one file after another on a single worker: AUREUS Guard, the database aureus_metadata, the sandbox's

@@ -5,7 +5,6 @@ the chaos label never becomes Ready, which is how a release (or a rollback targe
 """
 
 import json
-import os
 import tempfile
 import threading
 import time
