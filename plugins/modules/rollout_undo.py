@@ -399,8 +399,16 @@ resource_version_after:
   description: resourceVersion returned by the patch (unchanged in check mode or when nothing changed).
   returned: when the workload was read
   type: str
+patch_accepted_at:
+  description:
+    - When the API server's answer accepting the rollback patch arrived (RFC 3339 UTC, microseconds) - the moment
+      of mitigation for timelines and for measuring the time from the command's start to the rollback.
+  returned: when the rollback patch was stored (not in check mode)
+  type: str
+  sample: "2026-11-30T15:04:05.123456Z"
 """
 
+import datetime
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -570,6 +578,7 @@ def execute(api, params, check_mode=False, diff=False):
         result["plan"]["dry_run"] = "accepted by the API server (dryRun=All); nothing was stored"
         return outcome.close()
 
+    result["patch_accepted_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     result["resource_version_after"] = patched["metadata"]["resourceVersion"]
     result["fled_marked"], warnings = bookkeeping(api, plan, patched, params)
     result["rollback_warnings"].extend(warnings)

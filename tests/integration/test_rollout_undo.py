@@ -4,6 +4,7 @@ Every test builds its own workload history in its own namespace. KWOK makes pods
 the chaos label never becomes Ready, which is how a release (or a rollback target) "fails".
 """
 
+import datetime
 import json
 import tempfile
 import threading
@@ -123,8 +124,10 @@ def test_rollback_matches_kubectl_rollout_undo_on_a_twin_deployment(kubectl, run
         # An annotation added after the release: kubectl's merge drops it (it is not on the target ReplicaSet).
         kubectl("annotate", "deployment", "web", "-n", ns, "team=web-platform")
 
+    started = datetime.datetime.now(datetime.timezone.utc)
     failed, result = run_module(namespace=namespace, name="web", actor="alice", incident_id="INC-12345",
                                 reason="Breaking UI changes affecting user workflows")
+    ended = datetime.datetime.now(datetime.timezone.utc)
     kubectl("rollout", "undo", "deployment/web", "-n", twin_namespace)
     kubectl("rollout", "status", "deployment/web", "-n", twin_namespace, "--timeout=60s")
 
@@ -132,6 +135,11 @@ def test_rollback_matches_kubectl_rollout_undo_on_a_twin_deployment(kubectl, run
     assert (result["changed"], result["from_revision"], result["to_revision"]) == (True, 3, 2)
     assert (result["from_images"], result["to_images"]) == (["aureus/frontend:v0.1.2"], ["aureus/frontend:v0.1.1"])
     assert result["wait"]["done"] is True
+    # The moment of mitigation: the patch's answer, before the wait ended, to the microsecond.
+    accepted = datetime.datetime.strptime(result["patch_accepted_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc)
+    assert started < accepted < ended
+    assert (ended - accepted).total_seconds() >= result["wait"]["elapsed_seconds"] - 0.05
     ours, twin = get(kubectl, "deployment", namespace, "web"), get(kubectl, "deployment", twin_namespace, "web")
     assert ours["spec"]["template"] == twin["spec"]["template"]
     ours_annotations = dict(ours["metadata"]["annotations"])
