@@ -893,6 +893,27 @@ def _multiline(pattern):
     return re.compile(pattern.pattern, pattern.flags | re.M)
 
 
+_COMPILED_RULES = {}
+
+
+def _compiled_rules(use_detect_secrets):
+    """(rules, plugins, prefilters), compiled once per process: a scanner is made per text scanned, and compiling
+    the rules and instantiating detect-secrets' plugins every time cost more than the scans (receipts scan ~150
+    strings). All three are read-only after this."""
+    if use_detect_secrets not in _COMPILED_RULES:
+        rules = []
+        for rule_id, pattern, group in _BUILTIN_RULES:
+            regex = re.compile(pattern, re.M)
+            rules.append((rule_id, regex, group, _lower_twin(regex) if pattern.startswith("(?i)") else None))
+        plugins = _detect_secrets_plugins() if use_detect_secrets else []
+        prefilters = [(_RULE_GATES.get(rule_id), rx, twin) for rule_id, rx, _group, twin in rules]
+        for plugin in plugins:
+            gate = _RULE_GATES.get(type(plugin).__name__)
+            prefilters.extend((gate, _multiline(rx), None) for rx in plugin.denylist)
+        _COMPILED_RULES[use_detect_secrets] = (tuple(rules), tuple(plugins), tuple(prefilters))
+    return _COMPILED_RULES[use_detect_secrets]
+
+
 class SecretScanner(object):
     """Scan text or files for secrets; findings carry file, line and rule, never the value.
 
@@ -902,15 +923,7 @@ class SecretScanner(object):
     """
 
     def __init__(self, known_values=(), allowlist=(), use_detect_secrets=True):
-        self._rules = []
-        for rule_id, pattern, group in _BUILTIN_RULES:
-            regex = re.compile(pattern, re.M)
-            self._rules.append((rule_id, regex, group, _lower_twin(regex) if pattern.startswith("(?i)") else None))
-        self._plugins = _detect_secrets_plugins() if use_detect_secrets else []
-        self._prefilters = [(_RULE_GATES.get(rule_id), rx, twin) for rule_id, rx, _group, twin in self._rules]
-        for plugin in self._plugins:
-            gate = _RULE_GATES.get(type(plugin).__name__)
-            self._prefilters.extend((gate, _multiline(rx), None) for rx in plugin.denylist)
+        self._rules, self._plugins, self._prefilters = _compiled_rules(bool(use_detect_secrets))
         self._known = set()
         self._clean = set()
         self._allowlist = [re.compile(pattern) for pattern in allowlist or ()]
@@ -1134,6 +1147,11 @@ def _read_line_chunks(path, size=_CHUNK_CHARS):
             yield block[:cut + 1]
         if carry:
             yield carry
+
+
+# Compiled when the module is imported: the controller imports the collection's modules once (plugin_utils/
+# _in_process.py) and every task's worker then starts with the rules ready.
+_compiled_rules(True)
 
 
 def scan_text(text, known_values=(), path="<text>"):

@@ -670,3 +670,13 @@ def test_verification_details_out_of_shape_are_refused(signer, path, value):
     target[path[-1]] = value
     with pytest.raises(R.ReceiptError, match="verification_details"):
         R.validate_receipt(make_receipt(signer, verification_details=details))
+
+
+def test_receipt_schema_is_valid():
+    """The receipt schema against its own metaschema (the module builds its validator without this check)."""
+    import jsonschema
+
+    jsonschema.validators.validator_for(RECEIPT_SCHEMA).check_schema(RECEIPT_SCHEMA)
+    broken = dict(RECEIPT_SCHEMA, properties=dict(RECEIPT_SCHEMA["properties"], outcome={"type": "colour"}))
+    with pytest.raises(jsonschema.exceptions.SchemaError):
+        jsonschema.validators.validator_for(broken).check_schema(broken)

@@ -181,6 +181,12 @@ class FakeClock(object):
         self.now += seconds
 
 
+# The schedule the deadline tests below count their polls in (half a second, two after thirty); the default
+# schedule polls faster in the first seconds (test_the_wait_polls_fast_first_then_backs_off).
+def STEADY(elapsed):
+    return 0.5 if elapsed < 30 else 2.0
+
+
 def sequence(*objects):
     items = list(objects)
 
@@ -195,9 +201,9 @@ def test_wait_returns_done_once_the_rollout_completes():
     result = ro.wait_for_rollout(sequence(deployment(updated=1), deployment(updated=2), deployment()), "Deployment",
                                  timeout=60, clock=clock, sleep=clock.sleep)
     assert result.done and result.state == ro.DONE
-    assert clock.sleeps == [0.5, 0.5]
+    assert clock.sleeps == [0.05, 0.05]
     assert result.as_dict() == {"done": True, "state": "done", "reason": "deployment 'web' successfully rolled out",
-                                "elapsed_seconds": 1.0}
+                                "elapsed_seconds": 0.1}
 
 
 def test_wait_times_out_with_the_last_status():
@@ -212,14 +218,16 @@ def test_wait_times_out_with_the_last_status():
 def test_wait_backs_off_after_thirty_seconds():
     clock = FakeClock()
     ro.wait_for_rollout(sequence(deployment(available=1)), "Deployment", timeout=40, clock=clock, sleep=clock.sleep)
-    assert clock.sleeps[0] == 0.5 and clock.sleeps[-1] == 2.0
+    assert clock.sleeps[0] == 0.05 and clock.sleeps[-1] == 2.0
+    assert sorted(set(clock.sleeps)) == [0.05, 0.2, 0.5, 2.0]
 
 
 def test_wait_fails_fast_on_a_fresh_progress_deadline():
     clock = FakeClock()
     result = ro.wait_for_rollout(sequence(deployment(updated=1),
                                           deployment(updated=1, conditions=deadline_exceeded(stamp(15)))),
-                                 "Deployment", timeout=300, patched_at=PATCHED_AT, clock=clock, sleep=clock.sleep)
+                                 "Deployment", timeout=300, patched_at=PATCHED_AT, clock=clock, sleep=clock.sleep,
+                                 interval=STEADY)
     assert result.state == ro.FAILED and clock.now == 0.5
 
 
@@ -266,7 +274,8 @@ def test_progress_restarts_the_deadline():
     clock = FakeClock()
     steps = [stuck_after_rollback()] * 14 + [stuck_after_rollback(updated=2, total=4)] * 14 + [
         deployment(replicas=2, updated=2, total=2, available=2, progressDeadlineSeconds=8)]
-    result = ro.wait_for_rollout(sequence(*steps), "Deployment", timeout=120, clock=clock, sleep=clock.sleep)
+    result = ro.wait_for_rollout(sequence(*steps), "Deployment", timeout=120, clock=clock, sleep=clock.sleep,
+                                 interval=STEADY)
     # 7 s stalled, progress, 7 s stalled again, then done: never 8 s without progress.
     assert result.state == ro.DONE and clock.now == 14.0
 
@@ -297,6 +306,15 @@ def test_progress_the_controller_recorded_between_polls_restarts_the_deadline():
         return obj
     # Counts never move, but the controller saw progress (a pod Ready then not again) at 5 s and 10 s.
     steps = [recorded_at(0)] * 10 + [recorded_at(5)] * 10 + [recorded_at(10)] * 30
-    result = ro.wait_for_rollout(sequence(*steps), "Deployment", timeout=120, clock=clock, sleep=clock.sleep)
+    result = ro.wait_for_rollout(sequence(*steps), "Deployment", timeout=120, clock=clock, sleep=clock.sleep,
+                                 interval=STEADY)
     # Last progress seen at 10 s (the poll that showed the new time), so the deadline runs out after 20 s.
     assert result.state == ro.FAILED and 20 < clock.now <= 20.5
+
+
+def test_the_wait_polls_fast_first_then_backs_off():
+    from ansible_collections.governed.rollback.plugins.module_utils._rollout import poll_interval
+
+    intervals = [poll_interval(t) for t in (0.0, 0.5, 0.99, 1.0, 4.9, 5.0, 29.9, 30.0, 600.0)]
+    assert intervals == [0.05, 0.05, 0.05, 0.2, 0.2, 0.5, 0.5, 2.0, 2.0]
+    assert intervals == sorted(intervals)
