@@ -183,6 +183,12 @@ def utc_stamp(moment=None):
     return (moment or utc_now()).astimezone(datetime.timezone.utc).strftime(TIME_FORMAT)
 
 
+def utc_stamp_micro(moment=None):
+    """RFC 3339 UTC time stamp at microsecond precision (``2024-01-15T10:30:45.123456Z``), for the moments a
+    timeline or a benchmark measures (a patch accepted); now when no moment is given."""
+    return (moment or utc_now()).astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def new_rollback_id(now=None):
     """The runbook's ROLLBACK_ID, rollback-YYYYmmdd-HHMMSS (UTC), plus a random suffix: two rollbacks started in
     the same second (AWX, one ledger) must not share an evidence pack or a receipt id."""

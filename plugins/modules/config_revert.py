@@ -197,6 +197,13 @@ receipt_fields:
   description: The configuration receipt fields (C(component), C(config_type), C(changed_keys), refs, C(details)) for M(governed.rollback.rollback_receipt).
   returned: state=reverted, when a target was selected
   type: dict
+reverted_at:
+  description:
+    - When the API server accepted the revert of the object's content (RFC 3339 UTC, microseconds) - the moment of
+      mitigation, before the consumers' restart. Also in the receipt's C(details).
+  returned: when the object was reverted (not in check mode)
+  type: str
+  sample: "2026-11-30T15:04:05.123456Z"
 kind:
   description: Kind of the object.
   returned: always
@@ -303,7 +310,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.governed.rollback.plugins.module_utils import _argspec, _workload
 from ansible_collections.governed.rollback.plugins.module_utils import _config_history as ch
 from ansible_collections.governed.rollback.plugins.module_utils._common import (
-    Refused, check_binding, fail_from_exception, utc_now, utc_stamp,
+    Refused, check_binding, fail_from_exception, utc_now, utc_stamp, utc_stamp_micro,
 )
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
     FIELD_MANAGER, RESOURCE_PATHS, K8sError, KubeRest, build_api_client, require_k8s,
@@ -793,6 +800,7 @@ def _revert(api, plan, params, outcome, check_mode, diff, since):
     result["pre_revert_snapshot"] = pre
     since = outcome.mark("snapshot", since)
     patched = send_revert(api, plan)
+    result["reverted_at"] = utc_stamp_micro()
     result["changed"] = True
     result["resource_version_after"] = patched["metadata"]["resourceVersion"]
     since = outcome.mark("revert", since)
@@ -829,6 +837,7 @@ def _revert(api, plan, params, outcome, check_mode, diff, since):
         "config_applied": all(c.get("config_applied") for c in acting),
     }
     result["receipt_fields"]["details"].update(pre_revert_snapshot=pre, after_ref=result["after_ref"],
+                                               reverted_at=result["reverted_at"],
                                                restarts=[{"workload": "%s/%s" % (c["kind"], c["name"]),
                                                           "restarted_at": c.get("restarted_at"),
                                                           "reloaded_from": c.get("reloaded_from_digest")}

@@ -408,13 +408,12 @@ patch_accepted_at:
   sample: "2026-11-30T15:04:05.123456Z"
 """
 
-import datetime
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.governed.rollback.plugins.module_utils import _argspec, _workload
 from ansible_collections.governed.rollback.plugins.module_utils._common import (
-    Refused, check_binding, fail_from_exception, utc_stamp,
+    Refused, check_binding, fail_from_exception, utc_stamp, utc_stamp_micro,
 )
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
     FIELD_MANAGER, K8sError, KubeRest, build_api_client, require_k8s,
@@ -578,7 +577,7 @@ def execute(api, params, check_mode=False, diff=False):
         result["plan"]["dry_run"] = "accepted by the API server (dryRun=All); nothing was stored"
         return outcome.close()
 
-    result["patch_accepted_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    result["patch_accepted_at"] = utc_stamp_micro()
     result["resource_version_after"] = patched["metadata"]["resourceVersion"]
     result["fled_marked"], warnings = bookkeeping(api, plan, patched, params)
     result["rollback_warnings"].extend(warnings)
