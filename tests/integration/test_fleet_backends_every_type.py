@@ -42,20 +42,12 @@ def seed_reset(sandbox_env):
 
 @pytest.fixture(scope="module")
 def backends(fleet):
-    pg, s3 = fleet["pg"], fleet["s3"]
+    pg = fleet["pg"]
     table = "every_" + uuid.uuid4().hex[:10]
     pg_sql(pg, "owner", _ledger_pg.schema_sql(table, pg["writer"]))
     prefix = "every-%s/" % uuid.uuid4().hex[:8]
-    inventory = {
-        "rollback_ledger_backend": "postgresql", "rollback_ledger_table": table,
-        "rollback_ledger_pg_host": pg["host"], "rollback_ledger_pg_port": pg["port"],
-        "rollback_ledger_pg_user": pg["writer"], "rollback_ledger_pg_database": pg["db"],
-        "rollback_evidence_s3_bucket": s3["bucket"], "rollback_evidence_s3_prefix": prefix,
-        "rollback_evidence_s3_endpoint_url": s3["endpoint"], "rollback_evidence_s3_region": s3["region"],
-        "rollback_evidence_s3_object_lock_mode": "GOVERNANCE", "rollback_evidence_s3_object_lock_days": 1,
-    }
-    credentials = {"GOVERNED_ROLLBACK_LEDGER_PGPASSWORD": pg["writer_password"],
-                   "AWS_ACCESS_KEY_ID": s3["access"], "AWS_SECRET_ACCESS_KEY": s3["secret"]}
+    inventory = deploy_test.backend_inventory(fleet, table, prefix, "GOVERNANCE")
+    credentials = deploy_test.backend_credentials(fleet)
     yield {"table": table, "prefix": prefix, "inventory": inventory, "credentials": credentials}
     pg_sql(pg, "owner", "DROP TABLE IF EXISTS %s, %s_head; DROP FUNCTION IF EXISTS %s_append_only()"
            % (table, table, table))

@@ -66,6 +66,26 @@ def pg_sql(pg, role, text):
         conn.close()
 
 
+def backend_inventory(fleet, table, prefix, lock_mode):
+    """Inventory-level settings selecting the PostgreSQL ledger and the S3 evidence store (what an AWX inventory
+    holds): no secrets among them."""
+    pg, s3 = fleet["pg"], fleet["s3"]
+    return {
+        "rollback_ledger_backend": "postgresql", "rollback_ledger_table": table,
+        "rollback_ledger_pg_host": pg["host"], "rollback_ledger_pg_port": pg["port"],
+        "rollback_ledger_pg_user": pg["writer"], "rollback_ledger_pg_database": pg["db"],
+        "rollback_evidence_s3_bucket": s3["bucket"], "rollback_evidence_s3_prefix": prefix,
+        "rollback_evidence_s3_endpoint_url": s3["endpoint"], "rollback_evidence_s3_region": s3["region"],
+        "rollback_evidence_s3_object_lock_mode": lock_mode, "rollback_evidence_s3_object_lock_days": 1,
+    }
+
+
+def backend_credentials(fleet):
+    """What the two AWX credentials (ledger database, S3) inject as environment variables."""
+    return {"GOVERNED_ROLLBACK_LEDGER_PGPASSWORD": fleet["pg"]["writer_password"],
+            "AWS_ACCESS_KEY_ID": fleet["s3"]["access"], "AWS_SECRET_ACCESS_KEY": fleet["s3"]["secret"]}
+
+
 @pytest.fixture
 def ledger_table(fleet):
     table = "fleet_" + uuid.uuid4().hex[:10]
@@ -81,18 +101,8 @@ def test_deploy_rollback_with_the_postgres_ledger_and_s3_evidence_then_verify_ca
     pb.frontend_with_history(kubectl, namespace)
     prefix = "fleet-%s/" % uuid.uuid4().hex[:8]
     evidence_dir = str(tmp_path / "evidence")
-    # Inventory-level settings (what an AWX inventory holds): no secrets among them.
-    inventory = {
-        "rollback_ledger_backend": "postgresql", "rollback_ledger_table": ledger_table,
-        "rollback_ledger_pg_host": pg["host"], "rollback_ledger_pg_port": pg["port"],
-        "rollback_ledger_pg_user": pg["writer"], "rollback_ledger_pg_database": pg["db"],
-        "rollback_evidence_s3_bucket": s3["bucket"], "rollback_evidence_s3_prefix": prefix,
-        "rollback_evidence_s3_endpoint_url": s3["endpoint"], "rollback_evidence_s3_region": s3["region"],
-        "rollback_evidence_s3_object_lock_mode": "COMPLIANCE", "rollback_evidence_s3_object_lock_days": 1,
-    }
-    # What the two AWX credentials inject.
-    credentials = {"GOVERNED_ROLLBACK_LEDGER_PGPASSWORD": pg["writer_password"],
-                   "AWS_ACCESS_KEY_ID": s3["access"], "AWS_SECRET_ACCESS_KEY": s3["secret"]}
+    inventory = backend_inventory(fleet, ledger_table, prefix, "COMPLIANCE")
+    credentials = backend_credentials(fleet)
     extravars = dict(inventory, namespace=namespace, deployment=NAME, evidence_dir=evidence_dir,
                      receipt_ledger=str(tmp_path / "unused" / "ledger.jsonl"), target_rev=2, **pb.INCIDENT)
     run = pb.run_playbook(tmp_path / "deploy", extravars, envvars=credentials, verbosity=1)
