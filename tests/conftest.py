@@ -69,11 +69,31 @@ def scope_of(nodeid):
     return SHARED_STATE.get(path, path)
 
 
+# The longest units of parallel work, started first so none of them is the run's tail (xdist would order the work
+# by number of tests). Measured in make test on 2 cores: the GitOps group alone takes about a third of the run.
+LONGEST_FIRST = ("gitops", "database", "opa", "guard")
+
+
+def longest_first(scopes):
+    """The scopes in the order to start them: LONGEST_FIRST's (those present), then the others as they were."""
+    first = [scope for scope in LONGEST_FIRST if scope in scopes]
+    return first + [scope for scope in scopes if scope not in LONGEST_FIRST]
+
+
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedStateScheduling(LoadScopeScheduling):
+        _ordered = False
+
         def _split_scope(self, nodeid):
             return scope_of(nodeid)
+
+        def _assign_work_unit(self, node):
+            if not self._ordered:
+                self._ordered = True
+                for scope in reversed(longest_first(list(self.workqueue))):
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
 
     return SharedStateScheduling(config, log)
