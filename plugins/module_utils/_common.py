@@ -183,6 +183,16 @@ def utc_stamp(moment=None):
     return (moment or utc_now()).astimezone(datetime.timezone.utc).strftime(TIME_FORMAT)
 
 
+def backoff_interval(elapsed):
+    """Seconds to sleep before the next poll of something usually done within a second (a rollout, a restore):
+    every 50 ms in the first second, 0.2 s until 5 s, 0.5 s until 30 s, then 2 s. One small GET per poll."""
+    if elapsed < 1.0:
+        return 0.05
+    if elapsed < 5.0:
+        return 0.2
+    return 0.5 if elapsed < 30 else 2.0
+
+
 def utc_stamp_micro(moment=None):
     """RFC 3339 UTC time stamp at microsecond precision (``2024-01-15T10:30:45.123456Z``), for the moments a
     timeline or a benchmark measures (a patch accepted); now when no moment is given."""

@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from ansible_collections.governed.rollback.plugins.module_utils._common import backoff_interval
+
 DONE = "done"
 PROGRESSING = "progressing"
 FAILED = "failed"
@@ -203,17 +205,12 @@ class WaitResult:
 
 
 def poll_interval(elapsed):
-    """Poll fast while a rollback usually finishes, then back off.
+    """Poll fast while a rollback usually finishes, then back off (see _common.backoff_interval).
 
     A rollback to a ReplicaSet whose pods still run is done as soon as the controller has observed the patch and
-    moved the replicas (tens of milliseconds after it): the first second is polled every 50 ms, which is what
-    ``kubectl rollout status``'s watch would notice. One small GET per poll.
+    moved the replicas (tens of milliseconds after it), which is what ``kubectl rollout status``'s watch notices.
     """
-    if elapsed < 1.0:
-        return 0.05
-    if elapsed < 5.0:
-        return 0.2
-    return 0.5 if elapsed < 30 else 2.0
+    return backoff_interval(elapsed)
 
 
 # How long past progressDeadlineSeconds the wait lets the controller record the timeout itself before saying so.
