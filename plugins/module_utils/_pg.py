@@ -152,19 +152,39 @@ def _plain_value(value):
 
 
 def stream_keys(conn, schema, name, key, itersize=10000, cursor_name="governed_rollback_keys"):
-    """The table's primary keys in increasing order, as ``(values tuple, row text)`` pairs, read through a
-    server-side cursor ``itersize`` rows at a time (memory does not grow with the table). ``key`` as
-    ``keyed_tables`` gives it."""
+    """The table's primary keys in increasing order, as tuples of values, read through a server-side cursor
+    ``itersize`` rows at a time (memory does not grow with the table). ``key`` as ``keyed_tables`` gives it."""
     exprs = [_key_expression(*column) for column in key]
-    query = sql.SQL("SELECT {}, (ROW({}))::text FROM {}.{} ORDER BY {}").format(
-        sql.SQL(", ").join(exprs), sql.SQL(", ").join(sql.Identifier(c[0]) for c in key), sql.Identifier(schema),
-        sql.Identifier(name), sql.SQL(", ").join(exprs))
+    query = sql.SQL("SELECT {} FROM {}.{} ORDER BY {}").format(
+        sql.SQL(", ").join(exprs), sql.Identifier(schema), sql.Identifier(name), sql.SQL(", ").join(exprs))
+    binary = any(column[1] == "bytea" for column in key)
     cur = conn.cursor(name=cursor_name)
     cur.itersize = max(int(itersize), 1)
     try:
         cur.execute(query)
-        width = len(key)
-        for row in cur:
-            yield tuple(_plain_value(v) for v in row[:width]), row[width]
+        if binary:
+            for row in cur:
+                yield tuple(_plain_value(v) for v in row)
+        else:
+            for row in cur:  # psycopg2 rows are tuples already
+                yield row
     finally:
         cur.close()
+
+
+def key_labels(conn, schema, name, key, keys):
+    """PostgreSQL's row text of the primary key (``(42)``, ``(7,eu-west)``) for each of ``keys`` (as
+    ``stream_keys`` yields them), looked up one by one through the key's order expressions."""
+    if not keys:
+        return []
+    exprs = [_key_expression(*column) for column in key]
+    query = sql.SQL("SELECT (ROW({}))::text FROM {}.{} WHERE ({}) = ({})").format(
+        sql.SQL(", ").join(sql.Identifier(c[0]) for c in key), sql.Identifier(schema), sql.Identifier(name),
+        sql.SQL(", ").join(exprs), sql.SQL(", ").join(sql.Placeholder() * len(key)))
+    cur = conn.cursor()
+    labels = []
+    for values in keys:
+        cur.execute(query, tuple(psycopg2.Binary(v) if isinstance(v, bytes) else v for v in values))
+        row = cur.fetchone()
+        labels.append(row[0] if row else repr(values))
+    return labels

@@ -131,6 +131,23 @@ def _key_text(key):
     return ", ".join(column[3] for column in key)
 
 
+def compare_table(kept_conn, restored_conn, table, kept, restored, sample, itersize):
+    """One table present in at least one database, compared by its primary key (``kept``/``restored`` as
+    ``_pg.keyed_tables`` describes the table in each, None where it is missing)."""
+    key = (kept or restored)["key"]
+    streams, named = [], []
+    for conn, info, cursor_name in ((kept_conn, kept, "governed_rollback_kept"),
+                                    (restored_conn, restored, "governed_rollback_restored")):
+        streams.append(_pg.stream_keys(conn, info["schema"], info["name"], key, itersize, cursor_name) if info
+                       else iter(()))
+        named.append((conn, info))
+    merged = _keymerge.merge_keys(streams[0], streams[1], sample)
+    labels = []
+    for (conn, info), keys in zip(named, (merged["keys_only_in_kept"], merged["keys_only_in_restored"])):
+        labels.append(_pg.key_labels(conn, info["schema"], info["name"], key, keys) if info else [])
+    return _keymerge.table_entry(table, _key_text(key), merged, sample, labels[0], labels[1])
+
+
 def compare(kept_conn, restored_conn, sample, itersize):
     """Every table of both databases, compared (see ``_keymerge``)."""
     kept_tables = _pg.keyed_tables(kept_conn.cursor())
@@ -141,20 +158,14 @@ def compare(kept_conn, restored_conn, sample, itersize):
         key = (kept or restored)["key"]
         same_key = kept is None or restored is None or kept["key"] == restored["key"]
         if key and same_key:
-            def stream(conn, info, name):
-                if info is None:
-                    return iter(())
-                return _pg.stream_keys(conn, info["schema"], info["name"], key, itersize, name)
-            merged = _keymerge.merge_keys(stream(kept_conn, kept, "governed_rollback_kept"),
-                                          stream(restored_conn, restored, "governed_rollback_restored"), sample)
-            entries.append(_keymerge.table_entry(table, _key_text(key), merged, sample))
-        else:
-            entry = _keymerge.count_entry(
-                table, _pg.count_rows(kept_conn.cursor(), kept["schema"], kept["name"]) if kept else 0,
-                _pg.count_rows(restored_conn.cursor(), restored["schema"], restored["name"]) if restored else 0)
-            if key and not same_key:
-                entry["compared_by"] = "row count (the primary key differs between the two databases)"
-            entries.append(entry)
+            entries.append(compare_table(kept_conn, restored_conn, table, kept, restored, sample, itersize))
+            continue
+        entry = _keymerge.count_entry(
+            table, _pg.count_rows(kept_conn.cursor(), kept["schema"], kept["name"]) if kept else 0,
+            _pg.count_rows(restored_conn.cursor(), restored["schema"], restored["name"]) if restored else 0)
+        if key and not same_key:
+            entry["compared_by"] = "row count (the primary key differs between the two databases)"
+        entries.append(entry)
     return entries
 
 
