@@ -11,6 +11,7 @@ __metaclass__ = type
 
 import os
 import re
+import threading
 import time
 
 from ansible_collections.governed.rollback.plugins.module_utils import _common, _pg, _proc
@@ -30,6 +31,13 @@ def backup_digest(path):
             lines.append("%s  %s\n" % (_common.sha256_file(os.path.join(path, relative)), relative))
         return _common.sha256_hex("".join(lines)), sum(os.path.getsize(os.path.join(path, r)) for r in list_files(path))
     return _common.sha256_file(path), os.path.getsize(path)
+
+
+def _digest_into(path, out):
+    try:
+        out["sha256"], out["bytes"] = backup_digest(path)
+    except (IOError, OSError) as exc:
+        out["error"] = exc.strerror or str(exc)
 
 
 def take_backup(params, db, from_version, tables, secrets):
@@ -56,6 +64,12 @@ def take_backup(params, db, from_version, tables, secrets):
             "--lock-wait-timeout=%d" % lock_wait]
     if directory and params["backup_jobs"] > 1:
         argv.append("--jobs=%d" % params["backup_jobs"])
+    compression = params.get("backup_compression")
+    if compression is not None:
+        if not 0 <= compression <= 9:
+            raise RollbackError("backup_compression must be 0 (none) to 9 (smallest), got %s; nothing was changed"
+                                % compression)
+        argv.append("--compress=%d" % compression)
     timeout = max(params["statement_timeout"] or 0, 3600)
     done = _proc.run(argv, env=env, timeout=timeout, known_values=secrets)
     if not done.ok:
@@ -74,12 +88,22 @@ def take_backup(params, db, from_version, tables, secrets):
     if missing:
         raise RollbackError("the backup %s lacks the data of %s, so the downgrade did not start and nothing was changed"
                             % (path, ", ".join(missing)), backup_location=path, refused="backup_unreadable")
-    full = _proc.run([pg_restore, "--file=/dev/null", path], timeout=timeout, known_values=secrets)
+    # The full read and the digest both read every byte: run them side by side (pg_restore is its own process).
+    digested = {}
+    digester = threading.Thread(target=_digest_into, args=(path, digested))
+    digester.start()
+    try:
+        full = _proc.run([pg_restore, "--file=/dev/null", path], timeout=timeout, known_values=secrets)
+    finally:
+        digester.join()
     if not full.ok:
         raise RollbackError("the backup %s cannot be read in full (pg_restore -f /dev/null), so the downgrade did not "
                             "start and nothing was changed: %s" % (path, full.explain("pg_restore")),
                             backup_location=path, refused="backup_unreadable")
-    sha, size = backup_digest(path)
-    return path, sha, {"format": params["backup_format"], "bytes": size, "toc_entries": len(toc),
+    if "error" in digested:
+        raise RollbackError("cannot read the backup %s to digest it: %s; the downgrade did not start and nothing was "
+                            "changed" % (path, digested["error"]), backup_location=path, refused="backup_unreadable")
+    sha, size = digested["sha256"], digested["bytes"]
+    return path, sha, {"format": params["backup_format"], "compression": compression, "bytes": size, "toc_entries": len(toc),
                        "table_data_entries": len(data_entries), "verified": True,
                        "seconds": round(time.monotonic() - started, 3)}

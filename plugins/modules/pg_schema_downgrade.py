@@ -81,6 +81,13 @@ options:
     description: Parallel C(pg_dump) jobs for O(backup_format=directory).
     type: int
     default: 1
+  backup_compression:
+    description:
+      - C(pg_dump --compress) level of the backup, V(0) (none) to V(9) (smallest). The default V(1) is gzip's fastest
+        level - on a database of repetitive text it is nearly as small as pg_dump's own default (6) and several times
+        faster, which is what keeps the verified backup close to a plain dump's time on a loaded machine.
+    type: int
+    default: 1
   client_bin_dir:
     description:
       - Directory of C(pg_dump) and C(pg_restore), for example C(/usr/lib/postgresql/16/bin); the first on PATH
@@ -268,8 +275,8 @@ backup_sha256:
   returned: always
   type: str
 backup:
-  description: How the backup was taken and verified - C(format), C(bytes), C(toc_entries), C(table_data_entries),
-    C(verified) (C(pg_restore --list) and a full read passed), C(seconds).
+  description: How the backup was taken and verified - C(format), C(compression), C(bytes), C(toc_entries),
+    C(table_data_entries), C(verified) (C(pg_restore --list) and a full read passed), C(seconds).
   returned: when a backup was taken
   type: dict
 schema_sha256_before:
@@ -401,6 +408,7 @@ def main():
         backup_dir=dict(type="path", required=True),
         backup_format=dict(type="str", default="custom", choices=["custom", "directory"]),
         backup_jobs=dict(type="int", default=1),
+        backup_compression=dict(type="int", default=1),
         client_bin_dir=dict(type="path"),
         lock_timeout=dict(type="float", default=5),
         statement_timeout=dict(type="float", default=600),
