@@ -29,6 +29,8 @@ options:
   db:
     description:
       - The restored database (the one now in service). Falls back to E(PGDATABASE).
+    type: str
+    aliases: [login_db]
   kept_db:
     description: The database kept from before the restore (for example C(<name>_pre_restore_<id>)), on the same server.
     type: str
