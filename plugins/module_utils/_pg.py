@@ -130,8 +130,8 @@ def keyed_tables(cur):
     cur.execute(_TABLES_SQL)
     out = {}
     for schema, name, key in cur.fetchall():
-        out["%s.%s" % (schema, name)] = {"schema": schema, "name": name,
-                                          "key": [(c, t, f == "true", q) for c, t, f, q in key] if key else None}
+        columns = [(c, t, f == "true", q) for c, t, f, q in key] if key else None
+        out["%s.%s" % (schema, name)] = {"schema": schema, "name": name, "key": columns}
     return out
 
 
@@ -166,8 +166,7 @@ def stream_keys(conn, schema, name, key, itersize=10000, cursor_name="governed_r
             for row in cur:
                 yield tuple(_plain_value(v) for v in row)
         else:
-            for row in cur:  # psycopg2 rows are tuples already
-                yield row
+            yield from cur  # psycopg2 rows are tuples already
     finally:
         cur.close()
 

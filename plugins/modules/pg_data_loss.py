@@ -174,7 +174,7 @@ def compare(kept_conn, restored_conn, sample, itersize):
 def main():
     own = dict(
         kept_db=dict(type="str", required=True),
-        sample_keys=dict(type="int", default=20),
+        sample_keys=dict(type="int", default=20, no_log=False),
         itersize=dict(type="int", default=10000),
     )
     module = AnsibleModule(argument_spec=_argspec.compose(own, _argspec.PG_CONN), supports_check_mode=True)
@@ -198,8 +198,8 @@ def main():
         entries = compare(kept_conn, restored_conn, params["sample_keys"], params["itersize"])
         result.update(_keymerge.summary(entries))
     except Exception as exc:  # pylint: disable=broad-except  # every failure ends through fail_from_exception
-        if not isinstance(exc, _common.RollbackError) and isinstance(exc, getattr(getattr(_pg, "psycopg2", None),
-                                                                                     "Error", ())):
+        driver_error = getattr(getattr(_pg, "psycopg2", None), "Error", ())
+        if not isinstance(exc, _common.RollbackError) and isinstance(exc, driver_error):
             exc = _pg.PgError("reading the databases failed: %s" % str(exc).strip())
         for conn in conns:
             conn.close()

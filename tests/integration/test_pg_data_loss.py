@@ -12,7 +12,8 @@ import tempfile
 import pytest
 
 from tests.integration import _playbook as pb
-from tests.integration.test_pg_schema_downgrade import connect, fingerprint, opened, pg, scratch  # noqa: F401
+from tests.integration.test_pg_schema_downgrade import connect, fingerprint, opened
+from tests.integration.test_pg_schema_downgrade import pg, scratch  # noqa: F401  pylint: disable=unused-import  # fixtures
 
 MODULE = "governed.rollback.pg_data_loss"
 

@@ -106,8 +106,8 @@ def test_summary_lists_only_the_tables_that_lost_rows_in_the_report_shape():
     ]
     assert out["rows_lost"] == 5 and out["rows_only_in_restored"] == 1
     assert out["tables_without_primary_key"] == ["public.audit_log", "public.events"]
-    assert [e["table"] for e in out["comparison"]] == ["public.datasets", "public.users", "public.audit_log",
-                                                        "public.events"]
+    tables = ["public.datasets", "public.users", "public.audit_log", "public.events"]
+    assert [e["table"] for e in out["comparison"]] == tables
 
 
 def test_keys_truncated_when_more_rows_than_the_sample():
