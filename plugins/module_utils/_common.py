@@ -204,3 +204,13 @@ def new_rollback_id(now=None):
     the same second (AWX, one ledger) must not share an evidence pack or a receipt id."""
     stamp = (now or utc_now()).astimezone(datetime.timezone.utc).strftime("rollback-%Y%m%d-%H%M%S")
     return "%s-%s" % (stamp, binascii.hexlify(os.urandom(3)).decode("ascii"))
+
+
+def list_files(root):
+    """Every file below ``root``, as ``/``-separated paths relative to it, directories walked in name order."""
+    found = []
+    for base, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in files:
+            found.append(os.path.relpath(os.path.join(base, name), root).replace(os.sep, "/"))
+    return found

@@ -105,3 +105,85 @@ def client_supports(program, flag):
         except _proc.ProcError:
             _HELP_CACHE[program] = ""
     return flag in _HELP_CACHE[program]
+
+
+# --------------------------------------------------------------------------- streaming primary keys
+
+# Key column types whose Python values (as psycopg2 returns them) order as PostgreSQL orders them, text types once
+# sorted with COLLATE "C" (byte order of UTF-8 = code point order). Other types are compared as their text, sorted
+# with COLLATE "C" on both sides.
+NATIVE_ORDER_TYPES = ("smallint", "integer", "bigint", "numeric", "text", "character varying", "character", "uuid",
+                      "date", "timestamp without time zone", "timestamp with time zone", "boolean", "bytea", "oid")
+
+_TABLES_SQL = (
+    "SELECT n.nspname, c.relname, (SELECT array_agg(array[a.attname::text, format_type(a.atttypid, NULL), "
+    "(a.attcollation <> 0)::text, format('%I', a.attname)] ORDER BY array_position(i.indkey::int2[], a.attnum)) FROM pg_index i JOIN "
+    "pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) WHERE i.indrelid = c.oid AND "
+    "i.indisprimary) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND "
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' AND NOT c.relispartition "
+    "ORDER BY 1, 2")
+
+
+def keyed_tables(cur):
+    """Every user table: ``{"schema.table": {"schema", "name", "key": [(column, type, collatable, quoted), ...] or None}}``
+    (partitions are read through their parent)."""
+    cur.execute(_TABLES_SQL)
+    out = {}
+    for schema, name, key in cur.fetchall():
+        columns = [(c, t, f == "true", q) for c, t, f, q in key] if key else None
+        out["%s.%s" % (schema, name)] = {"schema": schema, "name": name, "key": columns}
+    return out
+
+
+def count_rows(cur, schema, name):
+    cur.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name)))
+    return cur.fetchone()[0]
+
+
+def _key_expression(column, type_name, collatable, _quoted=None):
+    ident = sql.Identifier(column)
+    if type_name in NATIVE_ORDER_TYPES:
+        return sql.SQL("{} COLLATE \"C\"").format(ident) if collatable else ident
+    return sql.SQL("({}::text) COLLATE \"C\"").format(ident)
+
+
+def _plain_value(value):
+    return bytes(value) if isinstance(value, memoryview) else value
+
+
+def stream_keys(conn, schema, name, key, itersize=10000, cursor_name="governed_rollback_keys"):
+    """The table's primary keys in increasing order, as tuples of values, read through a server-side cursor
+    ``itersize`` rows at a time (memory does not grow with the table). ``key`` as ``keyed_tables`` gives it."""
+    exprs = [_key_expression(*column) for column in key]
+    query = sql.SQL("SELECT {} FROM {}.{} ORDER BY {}").format(
+        sql.SQL(", ").join(exprs), sql.Identifier(schema), sql.Identifier(name), sql.SQL(", ").join(exprs))
+    binary = any(column[1] == "bytea" for column in key)
+    cur = conn.cursor(name=cursor_name)
+    cur.itersize = max(int(itersize), 1)
+    try:
+        cur.execute(query)
+        if binary:
+            for row in cur:
+                yield tuple(_plain_value(v) for v in row)
+        else:
+            yield from cur  # psycopg2 rows are tuples already
+    finally:
+        cur.close()
+
+
+def key_labels(conn, schema, name, key, keys):
+    """PostgreSQL's row text of the primary key (``(42)``, ``(7,eu-west)``) for each of ``keys`` (as
+    ``stream_keys`` yields them), looked up one by one through the key's order expressions."""
+    if not keys:
+        return []
+    exprs = [_key_expression(*column) for column in key]
+    query = sql.SQL("SELECT (ROW({}))::text FROM {}.{} WHERE ({}) = ({})").format(
+        sql.SQL(", ").join(sql.Identifier(c[0]) for c in key), sql.Identifier(schema), sql.Identifier(name),
+        sql.SQL(", ").join(exprs), sql.SQL(", ").join(sql.Placeholder() * len(key)))
+    cur = conn.cursor()
+    labels = []
+    for values in keys:
+        cur.execute(query, tuple(psycopg2.Binary(v) if isinstance(v, bytes) else v for v in values))
+        row = cur.fetchone()
+        labels.append(row[0] if row else repr(values))
+    return labels

@@ -97,3 +97,15 @@ def test_an_exception_escaping_main_is_a_failed_result_with_its_traceback():
 def test_a_main_that_returns_without_a_result_is_a_failure():
     rc, stdout = _in_process.run_module_main(_module(lambda: None), _params())
     assert rc == 1 and "returned without printing its result" in json.loads(stdout)["msg"]
+
+
+def test_every_module_has_its_in_process_action_plugin():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+    modules = sorted(f[:-3] for f in os.listdir(os.path.join(root, "plugins", "modules")) if f.endswith(".py"))
+    actions = sorted(f[:-3] for f in os.listdir(os.path.join(root, "plugins", "action")) if f.endswith(".py"))
+    assert modules and actions == modules
+    import importlib
+
+    for name in modules:
+        action = importlib.import_module("ansible_collections.governed.rollback.plugins.action." + name)
+        assert issubclass(action.ActionModule, _in_process.InProcessModuleAction), name
