@@ -346,3 +346,36 @@ def current_image(release_text, release_where, chart_values, values_key=None, re
     """The image the repository deploys by the rule (``image_of``), with the target it was read from."""
     target = find_target(release_text, release_where, chart_values, values_key, release_name)
     return image_of(target["values"], target["candidate"]), target
+
+
+# --------------------------------------------------------------------------- the reconcile of a HelmRelease
+
+def release_progress(helmrelease, requested_at, candidate, target_image):
+    """How far helm-controller has got with the merged values: the live HelmRelease holds the target image at the
+    candidate's path in ``spec.values`` (the Kustomization applied the merge), it observed that generation, handled
+    our reconcile request and is Ready; ``failed`` when it is Ready=False at that generation and not progressing."""
+    meta = (helmrelease or {}).get("metadata") or {}
+    status = (helmrelease or {}).get("status") or {}
+    ready = {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            ready = cond
+    values = release_values(helmrelease)
+    live = image_of(values, candidate)["image"] if lookup(values, candidate["path"]) is not None else None
+    observed = status.get("observedGeneration") == meta.get("generation")
+    handled = requested_at is not None and status.get("lastHandledReconcileAt") == requested_at
+    history = status.get("history") or [{}]
+    return {
+        "spec_image": live,
+        "spec_at_target": live == target_image,
+        "observed_generation": observed,
+        "handled_request": handled,
+        "ready_status": ready.get("status"),
+        "ready_reason": ready.get("reason"),
+        "ready_message": ready.get("message"),
+        "release": "%s.v%s" % (history[0].get("name"), history[0].get("version")) if history[0] else None,
+        "chart_version": history[0].get("chartVersion"),
+        "ready": live == target_image and observed and handled and ready.get("status") == "True",
+        "failed": live == target_image and observed and ready.get("status") == "False"
+        and ready.get("reason") not in ("Progressing", "ProgressingWithRetry", "DependencyNotReady"),
+    }
