@@ -7,6 +7,8 @@ HelmRelease's deploy freeze is exact."""
 import hashlib
 import json
 import os
+import re
+import time
 
 import pytest
 
@@ -113,7 +115,6 @@ def test_the_pin_merges_and_helm_controller_rolls_the_release_back_then_a_second
 ])
 def test_a_values_key_that_names_no_image_is_refused_and_nothing_changes(
         values_key, expected, incident, forge, kubectl, sandbox_env, tmp_path):
-    import re
     before, rv = forge.snapshot(), helmrelease(kubectl)["metadata"]["resourceVersion"]
     failed, result, _out = run(tmp_path, "refused", args_for(sandbox_env, values_key=values_key, approval=APPROVED))
     assert failed and result["refused"] == "no_image", result
@@ -165,3 +166,36 @@ def test_deploy_freeze_suspends_the_helmrelease_the_pin_reconciles_through_it_an
     assert "suspend" not in live["spec"] and g.FREEZE not in (live["metadata"].get("annotations") or {})
     failed, again, _out = run(tmp_path, "thaw-again", dict(freeze, state="thawed"), module=FREEZE_MODULE)
     assert not failed and not again["changed"]
+
+
+def test_rollback_gitops_yml_pins_the_helm_release_freezes_the_helmrelease_and_receipts_it(
+        incident, forge, kubectl, sandbox_env, tmp_path):
+    runs = g.Incident(tmp_path, "INC-HELM-%d" % int(time.time()), playbook="playbooks/rollback-gitops.yml",
+                      path="apps/aureus-web", component=WEB, kustomization=WEB, workload=WEB, helmrelease=WEB,
+                      values_key="image", mode="pin", gitops_pod_selector="app=aureus,component=web",
+                      reason="aureus-web v2.1.0 breaks the login page", wait_timeout=120)
+    first = runs.run()
+    assert first.status == "successful", first.explain()
+    assert web_image(kubectl) == GOOD
+    assert "      digest: %s  # set by the release pipeline\n" % GOOD.split("@")[1] in forge.file(HFILE)
+    live = helmrelease(kubectl)
+    record = json.loads(live["metadata"]["annotations"][g.FREEZE])
+    assert live["spec"]["suspend"] is True and record["incident"] == runs.incident_id  # the freeze stays
+    web_kust = get(kubectl, "kustomization", g.FLUX_NS, WEB)  # the freeze is on the HelmRelease, not here
+    assert "suspend" not in web_kust["spec"] and g.FREEZE not in (web_kust["metadata"].get("annotations") or {})
+    receipts = runs.receipts()
+    assert len(receipts) == 1
+    receipt = receipts[0]
+    assert receipt["outcome"] == "succeeded" and receipt["rollback_type"] == "gitops"
+    assert (receipt["from_version"], receipt["to_version"]) == (BAD, GOOD)
+    assert receipt["merge_sha"] == forge.head() == receipt["rollback_target_ref"]
+    assert receipt["details"]["helmrelease"] == "flux-system/aureus-web"
+    assert receipt["freeze"]["helmrelease"] == "flux-system/aureus-web" and receipt["freeze"]["in_place"]
+    assert all(receipt["verification"][k] == "pass" for k in
+               ("source_at_merge", "kustomization_ready", "live_equals_desired", "pods_on_target_digest",
+                "helmrelease_ready"))
+
+    after = forge.snapshot()
+    second = runs.run()
+    assert second.status == "successful", second.explain()
+    assert forge.snapshot() == after  # no second pull request
