@@ -135,9 +135,11 @@ options:
     description: Name of the component (branch name, commit trailers, receipt); the last part of O(path) by default.
     type: str
   kustomization:
-    description: The Flux Kustomization that applies O(path).
+    description:
+      - The Flux Kustomization that applies O(path). Required, unless O(helmrelease) is given - then it is the
+        Kustomization named by the HelmRelease's C(kustomize.toolkit.fluxcd.io/name) and C(/namespace) labels (what the
+        emergency path knows of a workload a HelmRelease deploys).
     type: str
-    required: true
   kustomization_namespace:
     description: Namespace of O(kustomization).
     type: str
@@ -281,7 +283,8 @@ receipt_fields:
   returned: when a plan was made
   type: dict
 source:
-  description: Where the rollback goes - C(repo_url), C(branch), C(path) (given, or read from the Kustomization).
+  description: Where the rollback goes - C(repo_url), C(branch), C(path) (given, or read from the Kustomization); with
+    O(helmrelease) also C(kustomization) (given, or read from the HelmRelease's labels).
   returned: once the source is known (also on failure)
   type: dict
 pull_request:
@@ -352,7 +355,7 @@ def argument_spec():
         helmrelease_namespace=dict(type="str"),
         values_key=dict(type="str", no_log=False),
         component=dict(type="str"),
-        kustomization=dict(type="str", required=True),
+        kustomization=dict(type="str"),
         kustomization_namespace=dict(type="str", default="flux-system"),
         workload_kind=dict(type="str", choices=list(KINDS), default="Deployment"),
         workload_name=dict(type="str"),
@@ -382,6 +385,8 @@ class Run(object):
         self.hr = None
         self.result = {"changed": False, "skipped_reason": None,
                        "source": {"repo_url": params["repo_url"], "branch": params["branch"], "path": self.path}}
+        if params["helmrelease"]:  # the Kustomization may have been read from the HelmRelease's labels
+            self.result["source"]["kustomization"] = params["kustomization"]
         self.warnings = []
         self.pushed = False
         self.open_pr = None
@@ -877,6 +882,23 @@ def execute(run, check_mode, diff_mode=False):
     return result
 
 
+def resolve_kustomization(api, params):
+    """The Kustomization that applies the HelmRelease, from its labels, when only ``helmrelease`` is given."""
+    if params["kustomization"]:
+        return
+    if not params["helmrelease"]:
+        raise RollbackError("kustomization is required (or helmrelease: its Kustomization is then read from its labels)")
+    namespace = params["helmrelease_namespace"] or params["kustomization_namespace"]
+    labels = (_flux.get(api, "HelmRelease", namespace, params["helmrelease"]).get("metadata") or {}).get("labels") or {}
+    if not labels.get("kustomize.toolkit.fluxcd.io/name"):
+        raise Refused("HelmRelease %s/%s carries no kustomize.toolkit.fluxcd.io/name label: no Flux Kustomization "
+                      "applies it from git, so there is no repository to roll back in; nothing was changed"
+                      % (namespace, params["helmrelease"]), "not_reconciled")
+    params["helmrelease_namespace"] = namespace
+    params["kustomization"] = labels["kustomize.toolkit.fluxcd.io/name"]
+    params["kustomization_namespace"] = labels.get("kustomize.toolkit.fluxcd.io/namespace") or namespace
+
+
 def resolve_source(api, params):
     """Fill repo_url, branch and path from the Kustomization when repo_url is not given (the emergency path's
     re-alignment knows the workload's Kustomization, not its repository); ``branch`` defaults to main otherwise."""
@@ -902,6 +924,7 @@ def main():
         if not module.params["repo_token"]:
             raise RollbackError("repo_token is required (or GITOPS_TOKEN / GITEA_TOKEN in the environment)")
         api = KubeRest(build_api_client(module.params))
+        resolve_kustomization(api, module.params)
         resolve_source(api, module.params)
         forge = forge_for(module.params["forge"], module.params["repo_url"], module.params["repo_token"],
                           api_url=module.params["forge_api_url"],

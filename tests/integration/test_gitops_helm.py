@@ -199,3 +199,54 @@ def test_rollback_gitops_yml_pins_the_helm_release_freezes_the_helmrelease_and_r
     second = runs.run()
     assert second.status == "successful", second.explain()
     assert forge.snapshot() == after  # no second pull request
+
+
+def give_aureus_web_a_previous_release(forge, kubectl):
+    """Through git only: v2.0.0's digest back in the HelmRelease's values, helm-controller upgrades the release, then
+    the reset puts v2.1.0 back (helm-controller again), so the Deployment's history holds the last good release."""
+    history = [rs for rs in pb.items(kubectl, "replicasets", g.NAMESPACE, "app=aureus,component=web")
+               if rs["spec"]["template"]["spec"]["containers"][0]["image"] == GOOD]
+    if history:
+        return
+
+    def pin_good(repo):
+        path = os.path.join(repo, HFILE)
+        with open(path) as handle:
+            text = handle.read()
+        with open(path, "w") as handle:
+            handle.write(text.replace(BAD.split("@")[1], GOOD.split("@")[1]))
+
+    forge.push_commit("release: aureus-web v2.0.0 (again)", pin_good)
+    for kind, name in (("gitrepository", g.GITREPOSITORY), ("kustomization", WEB)):
+        kubectl("annotate", "--overwrite", "-n", g.FLUX_NS, kind, name,
+                "reconcile.fluxcd.io/requestedAt=%s" % time.time())
+    pb.wait_until(lambda: web_image(kubectl) == GOOD, timeout=120, what="helm-controller to deploy aureus-web v2.0.0")
+    g.reset()
+
+
+def test_the_emergency_path_on_a_helmrelease_workload_freezes_the_helmrelease_and_opens_the_values_pin(
+        incident, forge, kubectl, tmp_path):
+    give_aureus_web_a_previous_release(forge, kubectl)
+    assert web_image(kubectl) == BAD
+    main_before = forge.head()
+    runs = g.Incident(tmp_path, "INC-HELM-REALIGN-%d" % int(time.time()), namespace=g.NAMESPACE, deployment=WEB,
+                      to_image=GOOD, allow_gitops_drift=True, reason="aureus-web v2.1.0 breaks the login page",
+                      wait_timeout=120)
+    first = runs.run()
+    assert first.status == "successful", first.explain()
+    assert web_image(kubectl) == GOOD
+    live = helmrelease(kubectl)
+    assert live["spec"]["suspend"] is True  # helm-controller must not upgrade the undo away
+    record = json.loads(live["metadata"]["annotations"][g.FREEZE])
+    assert record["incident"] == runs.incident_id and "allow_gitops_drift" in record["why"]
+    pulls = [p for p in forge.pulls() if runs.incident_id in p["title"]]
+    assert len(pulls) == 1 and pulls[0]["state"] == "open" and forge.head() == main_before
+    diff = forge.request("GET", "/pulls/%d.diff" % pulls[0]["number"], raw=True)
+    assert "-      digest: %s  # set by the release pipeline" % BAD.split("@")[1] in diff
+    assert "+      digest: %s  # set by the release pipeline" % GOOD.split("@")[1] in diff
+    receipt = runs.receipts()[0]
+    assert receipt["outcome"] == "succeeded" and receipt["pull_request_number"] == pulls[0]["number"]
+    assert receipt["freeze"]["helmrelease"] == "flux-system/aureus-web" and receipt["freeze"]["in_place"]
+    realignment = receipt["details"]["realignment"]
+    assert realignment["status"] == "open_for_review" and realignment["helmrelease"] == "flux-system/aureus-web"
+    assert (realignment["pin"], realignment["desired_before"], realignment["path"]) == (GOOD, BAD, "apps/aureus-web")
