@@ -65,9 +65,12 @@ flux_reconcile() {  # ask Flux to reconcile now (what `flux reconcile` does)
 gitops_web_settled() {  # BAD_SHA: aureus-web (Helm) is on its bad release v2.1.0 at that commit, Ready, rolled out
     local hr
     [ "$(k -n flux-system get kustomization aureus-web -o jsonpath='{.status.lastAppliedRevision}' 2>/dev/null)" = "main@sha1:$1" ] || return 1
-    if [ -z "${WEB_RECONCILE_AT:-}" ]; then  # the HelmRelease exists now: ask it to reconcile this reset's values
+    if [ -z "${WEB_RECONCILE_AT:-}" ]; then
+        # The HelmRelease exists now: a one-off forced upgrade to this reset's values (forceAt with requestedAt), so
+        # an emergency undo of the Deployment is put back too (helm-controller does not correct drift by default).
         WEB_RECONCILE_AT=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
-        k -n flux-system annotate --overwrite helmrelease/aureus-web "reconcile.fluxcd.io/requestedAt=$WEB_RECONCILE_AT" >/dev/null 2>&1 || { WEB_RECONCILE_AT=; return 1; }
+        k -n flux-system annotate --overwrite helmrelease/aureus-web "reconcile.fluxcd.io/requestedAt=$WEB_RECONCILE_AT" \
+            "reconcile.fluxcd.io/forceAt=$WEB_RECONCILE_AT" >/dev/null 2>&1 || { WEB_RECONCILE_AT=; return 1; }
     fi
     hr=$(k -n flux-system get helmrelease aureus-web -o jsonpath='{.metadata.generation}={.status.observedGeneration} {.status.lastHandledReconcileAt} {.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)
     [ "${hr%% *}" = "${hr%%=*}=${hr%%=*}" ] || return 1
