@@ -337,8 +337,8 @@ def find_target(release_text, release_where, chart_values, values_key=None, rele
     candidate = select(values, values_key, where)
     if overridden(spec_values, candidate["path"]):
         raise Refused("%s spec.values sets %s, which overrides the chart's values file %s: a pin there would not "
-                      "deploy; pin it in spec.values (values_key)" % (release_where, ".".join(candidate["path"]),
-                                                                         where), "no_image")
+                      "deploy; pin it in spec.values (values_key)"
+                      % (release_where, ".".join(candidate["path"]), where), "no_image")
     return {"file": "chart", "candidate": candidate, "values_path": (), "doc_index": 0, "values": values}
 
 
