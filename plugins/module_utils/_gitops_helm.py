@@ -103,7 +103,7 @@ def _parse_ref(ref):
     value = (ref or "").strip()
     if not value or " " in value:
         return None
-    name, _, digest = value.partition("@")
+    name, _sep, digest = value.partition("@")
     if digest and not DIGEST_RE.match(digest):
         return None
     tag = None

@@ -92,7 +92,7 @@ def test_the_pin_in_spec_values_changes_only_the_digest_line():
     assert target["file"] == "release" and target["doc_index"] == 0
     pinned = helm.pin(RELEASE, target["candidate"], target["values_path"], digest=GOOD)
     assert pinned == RELEASE.replace("digest: %s  # what runs" % BAD, "digest: %s  # what runs" % GOOD)
-    again, _ = helm.current_image(pinned, "f", None)
+    again = helm.current_image(pinned, "f", None)[0]
     assert again["image"] == "aureus/web@" + GOOD
 
 
@@ -106,7 +106,7 @@ def test_a_tag_pin_empties_the_digest_and_keeps_quotes_and_comments():
 
 
 def test_the_chart_values_file_when_spec_values_holds_no_image():
-    release = RELEASE.split("  values:\n")[0]
+    release = RELEASE.split("  values:\n", maxsplit=1)[0]
     target = helm.find_target(release, "f", (CHART_VALUES, "charts/aureus-web/values.yaml"))
     assert target["file"] == "chart" and target["values_path"] == ()
     pinned = helm.pin(CHART_VALUES, target["candidate"], (), digest=GOOD)
