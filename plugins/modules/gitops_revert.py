@@ -374,6 +374,8 @@ class Run(object):
     """One gitops_revert run: the inputs, the I/O adapters and the result being built."""
 
     def __init__(self, params, api, forge, check_mode):
+        for name in ("helmrelease", "helmrelease_namespace", "values_key"):  # callers of an older argument spec
+            params.setdefault(name, None)
         self.p = params
         self.api = api
         self.forge = forge
