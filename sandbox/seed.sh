@@ -118,11 +118,11 @@ seed_gitops() {
     if [ "$RESET" = --reset ]; then
         # rollback pull requests and branches a drill left, then main back to the bad release
         for n in $(gitea_api GET "/repos/$owner/aureus-deploy/pulls?state=open&limit=50" \
-                   | python3 -c 'import json,sys; print(" ".join(str(p["number"]) for p in json.load(sys.stdin)))'); do
+                   | python3 -c 'import json,sys; print(" ".join(str(p["number"]) for p in json.load(sys.stdin) or []))'); do
             gitea_api PATCH "/repos/$owner/aureus-deploy/pulls/$n" '{"state":"closed"}' >/dev/null
         done
         for b in $(gitea_api GET "/repos/$owner/aureus-deploy/branches?limit=100" \
-                   | python3 -c 'import json,sys; print(" ".join(b["name"] for b in json.load(sys.stdin) if b["name"].startswith("ops/")))'); do
+                   | python3 -c 'import json,sys; print(" ".join(b["name"] for b in json.load(sys.stdin) or [] if b["name"].startswith("ops/")))'); do
             gitea_api DELETE "/repos/$owner/aureus-deploy/branches/$b" >/dev/null
         done
         work=$(mktemp -d)
