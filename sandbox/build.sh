@@ -97,6 +97,16 @@ build_flux() {
     flux_crds
 }
 
+# ---- helm-controller (issue 17, the Helm values pin): through its wrapper module like the other two; its CRD
+# (HelmRelease) ships in the module.
+build_flux_helm() {
+    (cd "$HERE/tools/flux-helm" && go build -trimpath -ldflags "-s -w" -o "$FLUX_HELM_BIN/helm-controller" \
+        github.com/fluxcd/helm-controller && go mod download github.com/fluxcd/helm-controller) || return 1
+    mkdir -p "$FLUX_HELM_BIN/crds"
+    cp "$(go env GOMODCACHE)/github.com/fluxcd/helm-controller@$FLUX_HELM_VERSION"/config/crd/bases/*.yaml \
+        "$FLUX_HELM_BIN/crds/" && chmod -R u+w "$FLUX_HELM_BIN/crds"
+}
+
 # Gitea's go.mod has replace lines too and its templates/translations are read from the source tree at run time:
 # copy the module source into the cache (it stays there as STATIC_ROOT_PATH) and build it in place. SQLite needs cgo.
 build_gitea() (
@@ -171,6 +181,8 @@ if [ "${SANDBOX_GITOPS:-1}" != 0 ]; then
     build "flux source-controller and kustomize-controller" "$FLUX_BIN" \
         "github.com/fluxcd/source-controller@$FLUX_VERSION" build_flux
     build gitea "$GITEA_BIN" "code.gitea.io/gitea@$GITEA_VERSION" build_gitea
+    build "flux helm-controller" "$FLUX_HELM_BIN" "github.com/fluxcd/helm-controller@$FLUX_HELM_VERSION" \
+        build_flux_helm
 fi
 build "argo cd CRDs (Application, AppProject)" "$ARGOCD_CRDS" "github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION" \
     fetch_argocd_crds

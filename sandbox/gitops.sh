@@ -16,6 +16,34 @@ if [ -z "${KUBECONFIG_PATH:-}" ]; then  # on its own
     KUBECTL=$K8S_BIN/kubectl
     export KUBECONFIG=$KUBECONFIG_PATH
 fi
+# ---- helm-controller (issue 17, the Helm values pin): start-if-missing, so it also joins a sandbox that is already
+# running (`sandbox/gitops.sh helm-controller`): the HelmRelease CRD applied server-side, then Flux's helm-controller
+# out of cluster like the other two, scoped to flux-system, unless its recorded PID is alive. It fetches charts from
+# source-controller's storage (HelmCharts packaged from the GitRepository).
+helm_controller_up() {
+    [ -x "$FLUX_HELM_BIN/helm-controller" ] \
+        || { echo "sandbox: $FLUX_HELM_BIN/helm-controller is not built; run sandbox/build.sh" >&2; return 1; }
+    "$KUBECTL" --cache-dir "$STATE/kcache" apply --server-side -f "$FLUX_HELM_BIN/crds" >/dev/null
+    local pidfile=$STATE/pids/helm-controller.pid health
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        return 0
+    fi
+    health=$(free_port)
+    start_component helm-controller env KUBECONFIG="$KUBECONFIG_PATH" RUNTIME_NAMESPACE=flux-system \
+        "$FLUX_HELM_BIN/helm-controller" --watch-all-namespaces=false --enable-leader-election=false \
+        --log-level=info --metrics-addr="127.0.0.1:$(free_port)" --health-addr="127.0.0.1:$health"
+    wait_for helm-controller 60 curl -sf "http://127.0.0.1:$health/readyz"
+    grep -q '^export SANDBOX_FLUX_HELMRELEASE=' "$STATE/env" 2>/dev/null || cat >>"$STATE/env" <<EOF
+export SANDBOX_FLUX_HELMRELEASE=aureus-web
+export SANDBOX_FLUX_HELM_KUSTOMIZATION=aureus-web
+EOF
+}
+if [ "${BASH_SOURCE[0]}" = "$0" ] && [ "${1:-}" = helm-controller ]; then
+    helm_controller_up
+    echo "sandbox: helm-controller $FLUX_HELM_VERSION running (PID $(cat "$STATE/pids/helm-controller.pid"))"
+    exit 0
+fi
+
 GITEA_PORT=$(free_port); SC_STORAGE_PORT=$(free_port)
 GT=$STATE/gitea
 install -d -m 700 "$GT" "$GT/data" "$GT/repos" "$GT/log"
@@ -99,6 +127,7 @@ flux_controller() {  # NAME HEALTH_PORT ARGS...: the controller itself is the re
 flux_controller source-controller "$(free_port)" --storage-path="$FX/storage" \
     --storage-addr="127.0.0.1:$SC_STORAGE_PORT" --storage-adv-addr="127.0.0.1:$SC_STORAGE_PORT"
 flux_controller kustomize-controller "$(free_port)" --no-remote-bases=true
+helm_controller_up || component_failed helm-controller
 cat >>"$STATE/env" <<EOF
 export SANDBOX_GITEA_URL=http://127.0.0.1:$GITEA_PORT
 export SANDBOX_GITEA_USER=$GITEA_USER

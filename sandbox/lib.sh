@@ -122,6 +122,8 @@ health_check() {
         curl -sf "${SANDBOX_GITEA_URL:-http://127.0.0.1:1}/api/healthz" >/dev/null 2>&1 || bad="$bad gitea"
         "$SANDBOX_KUBECTL" --cache-dir "$SANDBOX_KUBECTL_CACHE" get kustomization aureus-api -n flux-system \
             >/dev/null 2>&1 || bad="$bad kustomize-controller"
+        "$SANDBOX_KUBECTL" --cache-dir "$SANDBOX_KUBECTL_CACHE" get crd helmreleases.helm.toolkit.fluxcd.io \
+            >/dev/null 2>&1 || bad="$bad helm-controller"  # issue 17, Helm values pin
     fi
     # Argo CD's CRDs (no controller): deploy_freeze's Application and AppProject objects.
     "$SANDBOX_KUBECTL" --cache-dir "$SANDBOX_KUBECTL_CACHE" get crd appprojects.argoproj.io applications.argoproj.io \

@@ -49,11 +49,34 @@ gitops_release() {  # DIR VERSION MESSAGE DATE: one release commit setting aureu
     GIT_AUTHOR_DATE=$4 GIT_COMMITTER_DATE=$4 gitops_git -C "$1" -c user.name="Release Pipeline" \
         -c user.email=release@aureus.example commit -q -m "$3"
 }
+gitops_web_release() {  # DIR VERSION: aureus-web's HelmRelease with that release's image (tag and digest)
+    sed -e "s#@DIGEST@#$(gitops_image_digest aureus/web "$2")#" -e "s#@TAG@#${2#v}#" \
+        "$SEED/gitops/repo/apps/aureus-web/helmrelease.yaml.in" >"$1/apps/aureus-web/helmrelease.yaml"
+}
 flux_reconcile() {  # ask Flux to reconcile now (what `flux reconcile` does)
     local now; now=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
     RECONCILE_AT=$now
     k -n flux-system annotate --overwrite gitrepository/aureus-deploy "reconcile.fluxcd.io/requestedAt=$now" >/dev/null
     k -n flux-system annotate --overwrite kustomization/aureus-api "reconcile.fluxcd.io/requestedAt=$now" >/dev/null
+    k -n flux-system annotate --overwrite kustomization/aureus-web "reconcile.fluxcd.io/requestedAt=$now" >/dev/null
+    k -n flux-system annotate --overwrite helmrelease/aureus-web "reconcile.fluxcd.io/requestedAt=$now" \
+        >/dev/null 2>&1 || true  # not there before the first apply
+}
+gitops_web_settled() {  # BAD_SHA: aureus-web (Helm) is on its bad release v2.1.0 at that commit, Ready, rolled out
+    local hr
+    [ "$(k -n flux-system get kustomization aureus-web -o jsonpath='{.status.lastAppliedRevision}' 2>/dev/null)" = "main@sha1:$1" ] || return 1
+    if [ -z "${WEB_RECONCILE_AT:-}" ]; then
+        # The HelmRelease exists now: a one-off forced upgrade to this reset's values (forceAt with requestedAt), so
+        # an emergency undo of the Deployment is put back too (helm-controller does not correct drift by default).
+        WEB_RECONCILE_AT=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+        k -n flux-system annotate --overwrite helmrelease/aureus-web "reconcile.fluxcd.io/requestedAt=$WEB_RECONCILE_AT" \
+            "reconcile.fluxcd.io/forceAt=$WEB_RECONCILE_AT" >/dev/null 2>&1 || { WEB_RECONCILE_AT=; return 1; }
+    fi
+    hr=$(k -n flux-system get helmrelease aureus-web -o jsonpath='{.metadata.generation}={.status.observedGeneration} {.status.lastHandledReconcileAt} {.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)
+    [ "${hr%% *}" = "${hr%%=*}=${hr%%=*}" ] || return 1
+    [ "${hr#* }" = "$WEB_RECONCILE_AT True" ] || return 1
+    [ "$(k -n aureus get deployment aureus-web -o jsonpath='{.spec.template.spec.containers[0].image}' 2>/dev/null)" = "aureus/web@$(gitops_image_digest aureus/web v2.1.0)" ] \
+        && k -n aureus rollout status deployment/aureus-web --timeout=1s >/dev/null 2>&1
 }
 seed_gitops() {
     local gs=$STATE/gitops work bad owner=$SANDBOX_GITEA_USER
@@ -62,16 +85,28 @@ seed_gitops() {
         "$(printf '%s:%s' "$owner" "$(cat "$SANDBOX_GITEA_TOKEN_FILE")" | base64 -w0)" >"$gs/gitconfig"
     chmod 600 "$gs/gitconfig"
     k apply -f "$SEED/aureus-namespace.yaml" >/dev/null
+    # A repository seeded before aureus-web's HelmRelease existed is seeded again (its history is the seed's own).
+    if gitea_api GET "/repos/$owner/aureus-deploy" >/dev/null 2>&1 \
+       && ! gitea_api GET "/repos/$owner/aureus-deploy/contents/apps/aureus-web/helmrelease.yaml" >/dev/null 2>&1; then
+        gitea_api DELETE "/repos/$owner/aureus-deploy" >/dev/null
+    fi
     if ! gitea_api GET "/repos/$owner/aureus-deploy" >/dev/null 2>&1; then
         gitea_api POST /user/repos '{"name":"aureus-deploy","default_branch":"main","private":false,"description":"Desired state of the AUREUS platform (Flux)"}' >/dev/null
         work=$(mktemp -d)
         cp -r "$SEED/gitops/repo/." "$work/" && rm "$work/apps/aureus-api/kustomization.yaml.in"
+        rm "$work/apps/aureus-web/helmrelease.yaml.in"
         gitops_git -C "$work" init -q -b main
         sed "s#@DIGEST@#$(gitops_digest v1.3.0)#" "$SEED/gitops/repo/apps/aureus-api/kustomization.yaml.in" \
             >"$work/apps/aureus-api/kustomization.yaml"
+        gitops_web_release "$work" v2.0.0
         gitops_git -C "$work" add -A
         GIT_AUTHOR_DATE=2026-11-01T09:00:00Z GIT_COMMITTER_DATE=2026-11-01T09:00:00Z gitops_git -C "$work" \
             -c user.name="Platform Team" -c user.email=platform@aureus.example commit -q -m "aureus-api: base manifests, release v1.3.0"
+        # aureus-web (Helm): its good release v2.0.0 came with the base, its bad release v2.1.0 before aureus-api's
+        gitops_web_release "$work" v2.1.0
+        gitops_git -C "$work" add -A
+        GIT_AUTHOR_DATE=2026-11-05T09:00:00Z GIT_COMMITTER_DATE=2026-11-05T09:00:00Z gitops_git -C "$work" \
+            -c user.name="Release Pipeline" -c user.email=release@aureus.example commit -q -m "release: aureus-web v2.1.0"
         gitops_release "$work" v1.4.0 "release: aureus-api v1.4.0" 2026-11-10T09:00:00Z
         gitops_release "$work" v1.5.0 "release: aureus-api v1.5.0" 2026-11-20T09:00:00Z
         gitops_git -C "$work" push -q "$SANDBOX_GITOPS_REPO_URL" main
@@ -83,11 +118,11 @@ seed_gitops() {
     if [ "$RESET" = --reset ]; then
         # rollback pull requests and branches a drill left, then main back to the bad release
         for n in $(gitea_api GET "/repos/$owner/aureus-deploy/pulls?state=open&limit=50" \
-                   | python3 -c 'import json,sys; print(" ".join(str(p["number"]) for p in json.load(sys.stdin)))'); do
+                   | python3 -c 'import json,sys; print(" ".join(str(p["number"]) for p in json.load(sys.stdin) or []))'); do
             gitea_api PATCH "/repos/$owner/aureus-deploy/pulls/$n" '{"state":"closed"}' >/dev/null
         done
         for b in $(gitea_api GET "/repos/$owner/aureus-deploy/branches?limit=100" \
-                   | python3 -c 'import json,sys; print(" ".join(b["name"] for b in json.load(sys.stdin) if b["name"].startswith("ops/")))'); do
+                   | python3 -c 'import json,sys; print(" ".join(b["name"] for b in json.load(sys.stdin) or [] if b["name"].startswith("ops/")))'); do
             gitea_api DELETE "/repos/$owner/aureus-deploy/branches/$b" >/dev/null
         done
         work=$(mktemp -d)
@@ -96,6 +131,8 @@ seed_gitops() {
         rm -rf "$work"
         k -n flux-system patch kustomization aureus-api --type merge -p '{"spec":{"suspend":null}}' >/dev/null 2>&1 || true
         k -n flux-system annotate kustomization aureus-api freeze.governed.io/record- >/dev/null 2>&1 || true
+        k -n flux-system patch helmrelease aureus-web --type merge -p '{"spec":{"suspend":null}}' >/dev/null 2>&1 || true
+        k -n flux-system annotate helmrelease aureus-web freeze.governed.io/record- >/dev/null 2>&1 || true
     fi
     sed "s#@URL@#$SANDBOX_GITOPS_REPO_URL#" "$SEED/gitops/flux.yaml.in" | k apply -f - >/dev/null
     flux_reconcile
@@ -105,7 +142,8 @@ seed_gitops() {
            && [ "$(k -n aureus get deployment aureus-api -o jsonpath='{.spec.template.spec.containers[0].image}' 2>/dev/null)" = "$want" ] \
            && k -n aureus rollout status deployment/aureus-api --timeout=1s >/dev/null 2>&1 \
            && [ "$(k -n flux-system get gitrepository aureus-deploy -o jsonpath='{.status.lastHandledReconcileAt}' 2>/dev/null)" = "$RECONCILE_AT" ] \
-           && [ "$(k -n flux-system get kustomization aureus-api -o jsonpath='{.status.lastHandledReconcileAt} {.status.lastAppliedRevision} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Reconciling")].status}' 2>/dev/null)" = "$RECONCILE_AT main@sha1:$bad True " ]; then
+           && [ "$(k -n flux-system get kustomization aureus-api -o jsonpath='{.status.lastHandledReconcileAt} {.status.lastAppliedRevision} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Reconciling")].status}' 2>/dev/null)" = "$RECONCILE_AT main@sha1:$bad True " ] \
+           && gitops_web_settled "$bad"; then
             # Flux has settled too: both objects handled this reset's reconcile request, the Kustomization is Ready
             # at the bad release and no longer reconciling, so no status write of this reset is still to come
             return 0

@@ -32,6 +32,13 @@ FLUX_BIN=$CACHE/flux-$FLUX_VERSION/bin
 # stands for aureus-api is told which one is the bad release): sha256 of "aureus/api:<version>".
 gitops_digest() { printf 'sha256:%s' "$(printf 'aureus/api:%s' "$1" | sha256sum | cut -d' ' -f1)"; }
 
+# ---- helm-controller (issue 17, the Helm values pin): Flux's helm-controller on the same source-controller API
+# (source-controller/api v1.9.0, fluxcd/pkg/runtime v0.110.3) as source- and kustomize-controller v1.9.6.
+FLUX_HELM_VERSION=${FLUX_HELM_VERSION:-v1.6.4}
+FLUX_HELM_BIN=$CACHE/flux-helm-$FLUX_HELM_VERSION/bin
+# The digest of a seeded release of another image: sha256 of "<image>:<version>" (aureus/web's Helm releases).
+gitops_image_digest() { printf 'sha256:%s' "$(printf '%s:%s' "$1" "$2" | sha256sum | cut -d' ' -f1)"; }
+
 # ---- argocd CRDs (issue 17): Argo CD's Application and AppProject CRDs, extracted from its Go module's zip (no
 # controller: Argo CD v3.6 needs Go 1.27 to build, and a repo-server and Redis to run). The h1 hash is go.sum's line.
 ARGOCD_VERSION=${ARGOCD_VERSION:-v3.6.1}

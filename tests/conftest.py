@@ -39,6 +39,7 @@ SHARED_STATE = {
     "tests/integration/test_gitops_revert.py": "gitops",
     "tests/integration/test_gitops_freeze.py": "gitops",
     "tests/integration/test_gitops_realign.py": "gitops",  # the emergency path on aureus-api
+    "tests/integration/test_gitops_helm.py": "gitops",  # aureus-web's HelmRelease in the same repository
 }
 EXCLUSIVE_FILES = frozenset((
     "tests/sandbox/test_sandbox.py",  # seed.sh --reset (everything), stops and starts components

@@ -22,6 +22,8 @@ PATHS = {
                       "gitrepositories.source.toolkit.fluxcd.io"),
     "Kustomization": ("/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/{namespace}/kustomizations/{name}",
                       "kustomizations.kustomize.toolkit.fluxcd.io"),
+    "HelmRelease": ("/apis/helm.toolkit.fluxcd.io/v2/namespaces/{namespace}/helmreleases/{name}",
+                    "helmreleases.helm.toolkit.fluxcd.io"),
 }
 REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"
 
@@ -88,13 +90,17 @@ def workload_status(api, kind, namespace, name, container, image):
 
 
 def wait_applied(api, gitrepository, kustomization, sha, workload, timeout, on_source=None, clock=time.monotonic,
-                 sleep=time.sleep):
+                 sleep=time.sleep, gate=None):
     """Wait until the source reports ``sha``, the Kustomization is Ready at it and the workload has rolled out on
     its target image. Returns ``(done, timings, last)``: seconds from the start to each milestone, and the last
     observation (the failure evidence when not done). ``on_source`` is called once the source is at ``sha`` (a
-    frozen Kustomization is resumed there)."""
+    frozen Kustomization is resumed there). ``gate`` (a HelmRelease the Kustomization applies), when given, is
+    called once the Kustomization is Ready and returns ``(ready, observation)``: the workload is waited for only
+    once it is ready (``released_seconds``)."""
     start = clock()
     timings = {"source_seconds": None, "applied_seconds": None, "rollout_seconds": None}
+    if gate is not None:
+        timings["released_seconds"] = None
     last = {}
     gmeta, kmeta = gitrepository["metadata"], kustomization["metadata"]
     called = False
@@ -111,7 +117,13 @@ def wait_applied(api, gitrepository, kustomization, sha, workload, timeout, on_s
         if progress["ready"] and timings["applied_seconds"] is None:
             timings["applied_seconds"] = round(elapsed, 3)
         status = None
-        if progress["ready"] and workload:
+        released = gate_view = None
+        if progress["ready"] and gate is not None:
+            released, gate_view = gate(kust)
+            if released and timings["released_seconds"] is None:
+                timings["released_seconds"] = round(clock() - start, 3)
+        gated = progress["ready"] and (gate is None or released)
+        if gated and workload:
             status = workload_status(api, workload["kind"], workload["namespace"], workload["name"],
                                      workload["container"], workload["image"])
             if status["done"] and timings["rollout_seconds"] is None:
@@ -119,10 +131,12 @@ def wait_applied(api, gitrepository, kustomization, sha, workload, timeout, on_s
         last = {"progress": progress, "workload": status,
                 "gitrepository_conditions": ((source.get("status") or {}).get("conditions") or []),
                 "kustomization_conditions": ((kust.get("status") or {}).get("conditions") or [])}
-        if progress["ready"] and (not workload or status["done"]):
+        if gate is not None:
+            last["helmrelease"] = gate_view
+        if gated and (not workload or status["done"]):
             return True, timings, last
         if elapsed >= timeout:
-            if progress["ready"] and workload and status is None:
+            if gated and workload and status is None:
                 last["workload"] = workload_status(api, workload["kind"], workload["namespace"], workload["name"],
                                                    workload["container"], workload["image"])
             return False, timings, last

@@ -47,7 +47,13 @@ description:
     repository check still reads the Flux Kustomization O(kustomization). An Application frozen by
     M(governed.rollback.deploy_freeze) does not sync (its deny window holds) - thaw it first, or run with
     O(wait=false); a warning says so when the Application's auto-sync is off by such a freeze.
-  - Helm values pins are not supported by this version.
+  - Helm - with O(helmrelease), the image lives in a Flux HelmRelease the Kustomization applies from O(path), not in
+    the Kustomization's C(images:). The pin (and the release history) follows the Helm values rule documented in
+    O(values_key) - the HelmRelease manifest's C(spec.values) first, else the chart's C(values.yaml) when the chart
+    comes from the same GitRepository. The file is edited line by line, every other line (comments, quoting) kept.
+    The reconcile then also asks the HelmRelease to reconcile (C(reconcile.fluxcd.io/requestedAt)) and waits until it
+    holds the merged values, has observed them and is Ready, before the workload's rollout. A HelmRelease frozen by
+    M(governed.rollback.deploy_freeze) is resumed for this one reconcile and suspended again, like a Kustomization.
 options:
   repo_url:
     description:
@@ -103,13 +109,37 @@ options:
   image:
     description: The C(images:) entry's C(name); by default the only entry.
     type: str
+  helmrelease:
+    description:
+      - The Flux HelmRelease (applied by O(kustomization) from a manifest in O(path)) whose values hold the image -
+        the Helm values pin instead of the Kustomization's C(images:). O(component) and O(workload_name) default to
+        its name, O(workload_namespace) to its C(spec.targetNamespace).
+    type: str
+  helmrelease_namespace:
+    description: Namespace of O(helmrelease); O(kustomization_namespace) by default.
+    type: str
+  values_key:
+    description:
+      - The dotted key path of the image in the Helm values (C(image), C(api.image)), with O(helmrelease).
+      - The rule without it - an image candidate is a mapping holding a string C(repository) and a C(tag) and/or
+        C(digest) key (optionally a C(registry)), or a key C(image) whose value is an image reference string. The
+        HelmRelease manifest's C(spec.values) is searched first; only when it holds no candidate is the chart's
+        C(values.yaml) searched (the chart at C(spec.chart.spec.chart) of the same GitRepository), and a pin there
+        is refused when C(spec.values) sets anything under the same path. Exactly one candidate must be found - none
+        or several are refused (C(no_image)) naming them; nothing is guessed.
+      - A digest is written into the candidate's C(digest) key (refused when there is none - the chart may not
+        deploy by digest); a tag (O(last_good_ref) C(name:tag)) into C(tag), emptying C(digest). A string candidate
+        becomes C(name@digest) or C(name:tag).
+    type: str
   component:
     description: Name of the component (branch name, commit trailers, receipt); the last part of O(path) by default.
     type: str
   kustomization:
-    description: The Flux Kustomization that applies O(path).
+    description:
+      - The Flux Kustomization that applies O(path). Required, unless O(helmrelease) is given - then it is the
+        Kustomization named by the HelmRelease's C(kustomize.toolkit.fluxcd.io/name) and C(/namespace) labels (what the
+        emergency path knows of a workload a HelmRelease deploys).
     type: str
-    required: true
   kustomization_namespace:
     description: Namespace of O(kustomization).
     type: str
@@ -171,7 +201,8 @@ attributes:
     details: A second run for the same incident and component opens no second pull request.
 notes:
   - RBAC - C(get) and C(patch) on C(gitrepositories.source.toolkit.fluxcd.io) and
-    C(kustomizations.kustomize.toolkit.fluxcd.io); C(get) on the workload and C(list) on pods.
+    C(kustomizations.kustomize.toolkit.fluxcd.io) (and C(helmreleases.helm.toolkit.fluxcd.io) with O(helmrelease));
+    C(get) on the workload and C(list) on pods.
   - The forge adapters are documented in C(plugins/module_utils/_forge.py); GitHub and GitLab are one adapter each.
 requirements:
   - git
@@ -189,6 +220,17 @@ EXAMPLES = r"""
     actor: oncall-sre
   check_mode: true
   register: plan
+
+- name: Pin aureus-web's last good digest into its HelmRelease's values (image.digest), merge, wait for the release
+  governed.rollback.gitops_revert:
+    mode: pin
+    kustomization: aureus-web
+    helmrelease: aureus-web
+    values_key: image
+    approval: "{{ approval }}"
+    incident_id: INC-12346
+    reason: v2.1.0 breaks the login page
+    actor: oncall-sre
 
 - name: Pin the last good digest, merge with the approval, wait for Flux
   governed.rollback.gitops_revert:
@@ -241,7 +283,8 @@ receipt_fields:
   returned: when a plan was made
   type: dict
 source:
-  description: Where the rollback goes - C(repo_url), C(branch), C(path) (given, or read from the Kustomization).
+  description: Where the rollback goes - C(repo_url), C(branch), C(path) (given, or read from the Kustomization); with
+    O(helmrelease) also C(kustomization) (given, or read from the HelmRelease's labels).
   returned: once the source is known (also on failure)
   type: dict
 pull_request:
@@ -266,6 +309,8 @@ reconcile:
     - The reconcile - C(reconciler) (C(flux) or C(argocd)), C(done), C(requested_at), C(timings)
       (C(source_seconds), C(applied_seconds), C(rollout_seconds)), C(last) (Flux's conditions and the workload, the
       failure evidence), C(through_freeze).
+    - Helm - C(helmrelease) (C(<namespace>/<name>)), C(through_helm_freeze), C(last.helmrelease) and
+      C(timings.released_seconds) (the HelmRelease Ready on the merged values).
     - Argo CD - also C(application) (C(<namespace>/<name>)), C(refresh) (C(hard)) and C(waited_on)
       (C(workload rollout)); C(timings) has C(rollout_seconds) only.
   returned: when merged and O(wait=true)
@@ -282,6 +327,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 from ansible_collections.governed.rollback.plugins.module_utils import _argocd, _argspec, _flux, _gitops
+from ansible_collections.governed.rollback.plugins.module_utils import _gitops_helm
 from ansible_collections.governed.rollback.plugins.module_utils._common import (
     Refused, RollbackError, check_binding, fail_from_exception, utc_now,
 )
@@ -305,8 +351,11 @@ def argument_spec():
         revert_commit=dict(type="str"),
         last_good_ref=dict(type="str"),
         image=dict(type="str"),
+        helmrelease=dict(type="str"),
+        helmrelease_namespace=dict(type="str"),
+        values_key=dict(type="str", no_log=False),
         component=dict(type="str"),
-        kustomization=dict(type="str", required=True),
+        kustomization=dict(type="str"),
         kustomization_namespace=dict(type="str", default="flux-system"),
         workload_kind=dict(type="str", choices=list(KINDS), default="Deployment"),
         workload_name=dict(type="str"),
@@ -325,14 +374,21 @@ class Run(object):
     """One gitops_revert run: the inputs, the I/O adapters and the result being built."""
 
     def __init__(self, params, api, forge, check_mode):
+        for name in ("helmrelease", "helmrelease_namespace", "values_key"):  # callers of an older argument spec
+            params.setdefault(name, None)
         self.p = params
         self.api = api
         self.forge = forge
         self.check_mode = check_mode
         self.path = params["path"].strip("/").lstrip("./") or "."
-        self.component = params["component"] or os.path.basename(self.path.rstrip("/"))
+        self.component = (params["component"] or params["helmrelease"]
+                          or os.path.basename(self.path.rstrip("/")))
+        self.helm = None  # with helmrelease: where the values pin goes (the file, the candidate)
+        self.hr = None
         self.result = {"changed": False, "skipped_reason": None,
                        "source": {"repo_url": params["repo_url"], "branch": params["branch"], "path": self.path}}
+        if params["helmrelease"]:  # the Kustomization may have been read from the HelmRelease's labels
+            self.result["source"]["kustomization"] = params["kustomization"]
         self.warnings = []
         self.pushed = False
         self.open_pr = None
@@ -352,11 +408,114 @@ class Run(object):
             raise Refused("Kustomization %s/%s is suspended and no deploy freeze of ours says why; nothing was "
                           "changed. Find out who suspended it (flux resume kustomization %s -n %s when it may run)"
                           % (ns, name, name, ns), "suspended")
+        if self.p["helmrelease"]:
+            self.read_helmrelease()
         self.deployed_sha = _gitops.revision_sha(((self.source.get("status") or {}).get("artifact") or {})
                                                  .get("revision"))
         if not self.deployed_sha:
             raise Refused("GitRepository %s/%s has no artifact yet (not reconciled); nothing was changed"
                           % (self.source["metadata"]["namespace"], self.source["metadata"]["name"]), "not_ready")
+
+    def read_helmrelease(self):
+        ns = self.p["helmrelease_namespace"] or self.p["kustomization_namespace"]
+        name = self.p["helmrelease"]
+        self.hr = _flux.get(self.api, "HelmRelease", ns, name)
+        labels = (self.hr.get("metadata") or {}).get("labels") or {}
+        kmeta = self.kust["metadata"]
+        if (labels.get("kustomize.toolkit.fluxcd.io/name"), labels.get("kustomize.toolkit.fluxcd.io/namespace")) != (
+                kmeta["name"], kmeta["namespace"]):
+            raise Refused("HelmRelease %s/%s is not applied by Kustomization %s/%s (its labels name %s/%s); nothing "
+                          "was changed. Name the Kustomization that applies it"
+                          % (ns, name, kmeta["namespace"], kmeta["name"],
+                             labels.get("kustomize.toolkit.fluxcd.io/namespace"),
+                             labels.get("kustomize.toolkit.fluxcd.io/name")), "not_reconciled")
+        self.hr_frozen = _gitops.read_record(self.hr)
+        if (self.hr.get("spec") or {}).get("suspend") and not self.hr_frozen and self.p["merge"]:
+            raise Refused("HelmRelease %s/%s is suspended and no deploy freeze of ours says why; nothing was changed. "
+                          "Find out who suspended it (flux resume helmrelease %s -n %s when it may run)"
+                          % (ns, name, name, ns), "suspended")
+
+    def helm_files(self, clone, sha):
+        """The HelmRelease manifest in the path (``(rel, text)``) and the chart's values file (``(text, rel)`` or
+        None when the chart is not in this repository)."""
+        name = self.p["helmrelease"]
+        base = clone.dir if self.path == "." else os.path.join(clone.dir, self.path)
+        found = []
+        for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+            if not entry.endswith((".yaml", ".yml")):
+                continue
+            rel = entry if self.path == "." else "%s/%s" % (self.path, entry)
+            text = clone.show(sha, rel)
+            if text is not None and _gitops_helm.helmrelease_doc(text, name, rel) is not None:
+                found.append((rel, text))
+        if len(found) != 1:
+            raise Refused("%s holds %s HelmRelease named %r at %s%s; check path and helmrelease"
+                          % (self.path, len(found) or "no", name, sha[:12],
+                             " (%s)" % ", ".join(r for r, _t in found) if found else ""), "not_found")
+        rel, text = found[0]
+        doc = _gitops_helm.helmrelease_doc(text, name, rel)[1]
+        chart = ((doc.get("spec") or {}).get("chart") or {}).get("spec") or {}
+        ref = chart.get("sourceRef") or {}
+        smeta = self.source["metadata"]
+        chart_values = None
+        if (ref.get("kind") == "GitRepository" and ref.get("name") == smeta["name"]
+                and (ref.get("namespace") or doc["metadata"].get("namespace") or smeta["namespace"])
+                == smeta["namespace"] and chart.get("chart")):
+            chart_rel = "%s/values.yaml" % chart["chart"].strip("/").lstrip("./")
+            chart_text = clone.show(sha, chart_rel)
+            chart_values = (chart_text, chart_rel) if chart_text is not None else None
+        return rel, text, doc, chart_values
+
+    def helm_entry(self, clone, sha):
+        """The Helm values pin's target at ``sha`` by the rule, as a Kustomization-like entry (``name``, ``digest``,
+        ``newTag``) for the shared steps; the file it lives in is the one the pin edits and whose history is read."""
+        rel, text, doc, chart_values = self.helm_files(clone, sha)
+        info, target = _gitops_helm.current_image(text, rel, chart_values, self.p["values_key"],
+                                                  self.p["helmrelease"])
+        target["rel"] = rel if target["file"] == "release" else chart_values[1]
+        target["release_rel"] = rel
+        self.helm = target
+        self.kust_namespace = (doc.get("spec") or {}).get("targetNamespace") or doc["metadata"].get("namespace")
+        entry = {"name": info["repository"]}
+        if info["digest"]:
+            entry["digest"] = info["digest"]
+        if info["tag"]:
+            entry["newTag"] = info["tag"]
+        return target["rel"], entry
+
+    def helm_digest_at(self, clone, sha):
+        text = clone.show(sha, self.helm["rel"])
+        if text is None:
+            return None
+        try:
+            if self.helm["file"] == "release":
+                found = _gitops_helm.helmrelease_doc(text, self.p["helmrelease"], self.helm["rel"])
+                values = _gitops_helm.release_values(found[1]) if found else {}
+            else:
+                docs = _gitops_helm.load(text, self.helm["rel"])
+                values = docs[0] if docs and isinstance(docs[0], dict) else {}
+            if _gitops_helm.lookup(values, self.helm["candidate"]["path"]) is None:
+                return None
+            return _gitops_helm.image_of(values, self.helm["candidate"])["digest"]
+        except (RollbackError, AttributeError, TypeError):
+            return None
+
+    def helm_read_after(self, clone):
+        """The entry after a revert or pin, read back from the working tree by the same rule."""
+        with open(os.path.join(clone.dir, self.helm["rel"])) as handle:
+            text = handle.read()
+        if self.helm["file"] == "release":
+            values = _gitops_helm.release_values(_gitops_helm.helmrelease_doc(text, self.p["helmrelease"],
+                                                                              self.helm["rel"])[1])
+        else:
+            values = _gitops_helm.load(text, self.helm["rel"])[0]
+        info = _gitops_helm.image_of(values, self.helm["candidate"])
+        entry = {"name": info["repository"]}
+        if info["digest"]:
+            entry["digest"] = info["digest"]
+        if info["tag"]:
+            entry["newTag"] = info["tag"]
+        return entry
 
     def kustomization_file(self, clone, sha):
         for name in _gitops.KUSTOMIZATION_FILES:
@@ -371,7 +530,7 @@ class Run(object):
         kind = self.p["workload_kind"]
         namespace = (self.p["workload_namespace"] or (self.kust.get("spec") or {}).get("targetNamespace")
                      or self.kust_namespace or "default")
-        name = self.p["workload_name"] or self.component
+        name = self.p["workload_name"] or (self.p["helmrelease"] if self.helm else self.component)
         workload = call("%s %s/%s" % (kind, namespace, name), "get", KINDS[kind][0], namespace, name, self.api.get,
                         kind, namespace, name)
         containers = ((workload.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers", [])
@@ -409,13 +568,16 @@ class Run(object):
         clone.clone(p["branch"])
         head = clone.head()
         self.head = head
-        rel, text = self.kustomization_file(clone, head)
-        self.kust_namespace = None
-        for line in text.splitlines():
-            if line.startswith("namespace:"):
-                self.kust_namespace = line.split(":", 1)[1].strip()
-        images = _gitops.parse_images(text)
-        entry = _gitops.select_image(images, p["image"], "%s at %s" % (rel, head[:12]))
+        if p["helmrelease"]:
+            rel, entry = self.helm_entry(clone, head)
+        else:
+            rel, text = self.kustomization_file(clone, head)
+            self.kust_namespace = None
+            for line in text.splitlines():
+                if line.startswith("namespace:"):
+                    self.kust_namespace = line.split(":", 1)[1].strip()
+            images = _gitops.parse_images(text)
+            entry = _gitops.select_image(images, p["image"], "%s at %s" % (rel, head[:12]))
         current = {"sha": head, "image": _gitops.image_ref(entry), "digest": entry.get("digest"),
                    "deployed_sha": self.deployed_sha}
         self.result["current_ref"] = current
@@ -461,8 +623,11 @@ class Run(object):
                 raise Refused("reverting %s conflicts with later changes on %s (%s); nothing was pushed. Revert it by "
                               "hand, or pin last_good_ref with mode=pin"
                               % (reverted[:12], p["branch"], ", ".join(conflicts)), "conflict", conflicts=conflicts)
-            with open(os.path.join(clone.dir, rel)) as handle:
-                after = _gitops.select_image(_gitops.parse_images(handle.read()), entry["name"], rel)
+            if self.helm:
+                after = self.helm_read_after(clone)
+            else:
+                with open(os.path.join(clone.dir, rel)) as handle:
+                    after = _gitops.select_image(_gitops.parse_images(handle.read()), entry["name"], rel)
             if target_digest and after.get("digest") != target_digest:
                 raise Refused("reverting %s gives %s, not last_good_ref %s; nothing was pushed"
                               % (reverted[:12], after.get("digest"), target_digest), "conflict")
@@ -470,8 +635,13 @@ class Run(object):
         else:
             with open(os.path.join(clone.dir, rel)) as handle:
                 text = handle.read()
-            pinned = (_gitops.pin_tag(text, entry["name"], target_tag) if target_tag
-                      else _gitops.pin_digest(text, entry["name"], target_digest))
+            if self.helm:
+                pinned = _gitops_helm.pin(text, self.helm["candidate"], self.helm["values_path"],
+                                          digest=None if target_tag else target_digest, tag=target_tag,
+                                          doc_index=self.helm["doc_index"], where=rel)
+            else:
+                pinned = (_gitops.pin_tag(text, entry["name"], target_tag) if target_tag
+                          else _gitops.pin_digest(text, entry["name"], target_digest))
             with open(os.path.join(clone.dir, rel), "w") as handle:
                 handle.write(pinned)
             if target_tag:
@@ -518,6 +688,8 @@ class Run(object):
         return branch
 
     def entry_digest(self, clone, sha, rel, name):
+        if self.helm:
+            return self.helm_digest_at(clone, sha)
         text = clone.show(sha, rel)
         if text is None:
             return None
@@ -618,14 +790,20 @@ class Run(object):
             _flux.request_reconcile(self.api, [kust])
 
         workload = dict(self.workload, image=target["image"])
+        gate, helm_state = (self.helm_gate(target) if self.helm else (None, {}))
         try:
             done, timings, last = _flux.wait_applied(self.api, self.source, self.kust, merge_sha, workload,
-                                                     self.p["wait_timeout"], on_source=on_source)
+                                                     self.p["wait_timeout"], on_source=on_source, gate=gate)
         finally:
             if through_freeze:
                 _flux.set_suspend(self.api, self.kust, True)
+            if helm_state.get("resumed"):
+                _flux.set_suspend(self.api, self.hr, True)
         record = {"reconciler": "flux", "done": done, "requested_at": requested_at, "timings": timings, "last": last,
                   "through_freeze": through_freeze}
+        if self.helm:
+            record.update(helmrelease="%s/%s" % (self.hr["metadata"]["namespace"], self.hr["metadata"]["name"]),
+                          through_helm_freeze=bool(helm_state.get("resumed")))
         self.result["reconcile"] = record
         self.result["receipt_fields"] = self.receipt_fields(current, target, reverted, pr, merge_sha,
                                                             dict(record, last=None))
@@ -638,6 +816,24 @@ class Run(object):
                    progress.get("ready_status"), progress.get("ready_reason"), progress.get("ready_message"),
                    (last.get("workload") or {}).get("rollout", "not checked"), self.p["branch"]),
                 **dict((k, v) for k, v in self.result.items() if k != "changed"))
+
+    def helm_gate(self, target):
+        """The HelmRelease step of the wait: once the Kustomization applied the merge, resume a HelmRelease our
+        freeze suspended, request its reconcile, then ready when it holds the target in its values, observed them,
+        handled the request and is Ready."""
+        state = {"requested": None, "resumed": False}
+        meta = self.hr["metadata"]
+
+        def gate(_kust):
+            if state["requested"] is None:
+                if self.hr_frozen and (self.hr.get("spec") or {}).get("suspend"):
+                    _flux.set_suspend(self.api, self.hr, False)
+                    state["resumed"] = True
+                state["requested"] = _flux.request_reconcile(self.api, [self.hr])
+            live = _flux.get(self.api, "HelmRelease", meta["namespace"], meta["name"])
+            view = _gitops_helm.release_progress(live, state["requested"], self.helm["candidate"], target["image"])
+            return view["ready"], view
+        return gate, state
 
     def reconcile_argocd(self, merge_sha, current, target, reverted, pr):
         """Argo CD tracks the workload: a hard refresh of its Application, then the workload's rollout (Argo CD's own
@@ -688,6 +884,23 @@ def execute(run, check_mode, diff_mode=False):
     return result
 
 
+def resolve_kustomization(api, params):
+    """The Kustomization that applies the HelmRelease, from its labels, when only ``helmrelease`` is given."""
+    if params["kustomization"]:
+        return
+    if not params["helmrelease"]:
+        raise RollbackError("kustomization is required (or helmrelease: its Kustomization is then read from its labels)")
+    namespace = params["helmrelease_namespace"] or params["kustomization_namespace"]
+    labels = (_flux.get(api, "HelmRelease", namespace, params["helmrelease"]).get("metadata") or {}).get("labels") or {}
+    if not labels.get("kustomize.toolkit.fluxcd.io/name"):
+        raise Refused("HelmRelease %s/%s carries no kustomize.toolkit.fluxcd.io/name label: no Flux Kustomization "
+                      "applies it from git, so there is no repository to roll back in; nothing was changed"
+                      % (namespace, params["helmrelease"]), "not_reconciled")
+    params["helmrelease_namespace"] = namespace
+    params["kustomization"] = labels["kustomize.toolkit.fluxcd.io/name"]
+    params["kustomization_namespace"] = labels.get("kustomize.toolkit.fluxcd.io/namespace") or namespace
+
+
 def resolve_source(api, params):
     """Fill repo_url, branch and path from the Kustomization when repo_url is not given (the emergency path's
     re-alignment knows the workload's Kustomization, not its repository); ``branch`` defaults to main otherwise."""
@@ -713,6 +926,7 @@ def main():
         if not module.params["repo_token"]:
             raise RollbackError("repo_token is required (or GITOPS_TOKEN / GITEA_TOKEN in the environment)")
         api = KubeRest(build_api_client(module.params))
+        resolve_kustomization(api, module.params)
         resolve_source(api, module.params)
         forge = forge_for(module.params["forge"], module.params["repo_url"], module.params["repo_token"],
                           api_url=module.params["forge_api_url"],

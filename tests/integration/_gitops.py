@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
+from tests.integration import _playbook as pb
 from tests.sandbox_env import ROOT
 from tests.sandbox_fixtures import get, wait_until
 
@@ -165,3 +166,28 @@ def module_args(env, **extra):
             "reason": "v1.5.0 answers 500 on /api/query", "actor": "oncall", "wait_timeout": 90}
     args.update(extra)
     return args
+
+
+class Incident:
+    """One incident's playbook runs (each in its own runner directory) sharing an evidence directory and a ledger:
+    ``defaults`` are the extra variables of every run, a run's own keyword arguments override them."""
+
+    def __init__(self, workdir, incident_id, playbook=pb.PLAYBOOK, **defaults):
+        self.workdir = str(workdir)
+        self.evidence_dir = os.path.join(self.workdir, "evidence")
+        self.ledger = os.path.join(self.workdir, "ledger.jsonl")
+        self.incident_id = incident_id
+        self.playbook = playbook
+        self.defaults = defaults
+        self.runs = 0
+
+    def run(self, verbosity=0, envvars=None, **extravars):
+        self.runs += 1
+        variables = dict(self.defaults, evidence_dir=self.evidence_dir, receipt_ledger=self.ledger,
+                         incident_id=self.incident_id)
+        variables.update(extravars)
+        return pb.run_playbook(os.path.join(self.workdir, "runner-%d" % self.runs), variables, verbosity=verbosity,
+                               playbook=self.playbook, envvars=envvars)
+
+    def receipts(self):
+        return [e["receipt"] for e in pb.ledger_entries(self.ledger)]

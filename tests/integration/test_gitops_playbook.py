@@ -3,6 +3,7 @@ reverted through a pull request, Flux rolls the API back to the last good digest
 names the pull request and the merge; a second run opens no second pull request; the forge going down mid-run gives a
 failed receipt and nothing merged; the token is in no artifact and no -v output."""
 
+import functools
 import json
 import os
 import signal
@@ -17,24 +18,9 @@ from tests.integration import _playbook as pb
 PLAYBOOK = "playbooks/rollback-gitops.yml"
 
 
-class Incident:
-    def __init__(self, workdir, incident_id):
-        self.workdir = str(workdir)
-        self.evidence_dir = os.path.join(self.workdir, "evidence")
-        self.ledger = os.path.join(self.workdir, "ledger.jsonl")
-        self.incident_id = incident_id
-        self.runs = 0
-
-    def run(self, verbosity=0, envvars=None, **extravars):
-        self.runs += 1
-        variables = {"evidence_dir": self.evidence_dir, "receipt_ledger": self.ledger, "incident_id": self.incident_id,
-                     "reason": "aureus-api v1.5.0 answers 500 on /api/query", "wait_timeout": 120}
-        variables.update(extravars)
-        return pb.run_playbook(os.path.join(self.workdir, "runner-%d" % self.runs), variables, verbosity=verbosity,
-                               playbook=PLAYBOOK, envvars=envvars)
-
-    def receipts(self):
-        return [e["receipt"] for e in pb.ledger_entries(self.ledger)]
+# This file's incidents: rollback-gitops.yml with the inventory's defaults.
+Incident = functools.partial(g.Incident, playbook=PLAYBOOK, reason="aureus-api v1.5.0 answers 500 on /api/query",
+                             wait_timeout=120)
 
 
 @pytest.fixture(scope="module")

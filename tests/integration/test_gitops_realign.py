@@ -10,6 +10,7 @@ The seeded world has deployed only the bad release v1.5.0, so the Deployment has
 the world is given one through git (a release of v1.4.0 applied by Flux, then `seed.sh --reset gitops`, which puts
 the bad release back through git), never by editing the cluster."""
 
+import functools
 import json
 import os
 import signal
@@ -24,27 +25,10 @@ from tests.integration import _playbook as pb
 REVISION = "deployment.kubernetes.io/revision"
 
 
-class Incident:
-    def __init__(self, workdir, incident_id):
-        self.workdir = str(workdir)
-        self.evidence_dir = os.path.join(self.workdir, "evidence")
-        self.ledger = os.path.join(self.workdir, "ledger.jsonl")
-        self.incident_id = incident_id
-        self.runs = 0
-
-    def run(self, verbosity=0, envvars=None, **extravars):
-        """The emergency rollback, back to the last good image (the same target on every run)."""
-        self.runs += 1
-        variables = {"namespace": g.NAMESPACE, "deployment": "aureus-api", "to_image": g.GOOD,
-                     "allow_gitops_drift": True, "evidence_dir": self.evidence_dir, "receipt_ledger": self.ledger,
-                     "incident_id": self.incident_id, "reason": "aureus-api v1.5.0 answers 500 on /api/query",
-                     "wait_timeout": 120}
-        variables.update(extravars)
-        return pb.run_playbook(os.path.join(self.workdir, "runner-%d" % self.runs), variables, verbosity=verbosity,
-                               envvars=envvars)
-
-    def receipts(self):
-        return [e["receipt"] for e in pb.ledger_entries(self.ledger)]
+# This file's incidents: the emergency rollback, back to the last good image (the same target on every run).
+Incident = functools.partial(g.Incident, namespace=g.NAMESPACE, deployment="aureus-api", to_image=g.GOOD,
+                             allow_gitops_drift=True, reason="aureus-api v1.5.0 answers 500 on /api/query",
+                             wait_timeout=120)
 
 
 def give_the_deployment_a_previous_release(forge, kubectl):
