@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "build", "collections"))
 
-from deploy_rollback import PATCHED, Sandbox, goal, patched_at, timed  # noqa: E402  pylint: disable=wrong-import-position
+from deploy_rollback import PATCHED, Sandbox, patched_at, timed, variant_report  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration import _playbook as pb  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration.test_rollback_config_playbook import GOOD, ConfigIncident  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -163,24 +162,8 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
         for namespace in namespaces:
             sandbox.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-    median = dict((name, statistics.median(values)) for name, values in walls.items())
-    stored = dict((name, statistics.median(values)) for name, values in mitigations.items())
-    a, b, c = (median[name] for name, _func in VARIANTS)
-    print()
-    print("configuration rollback (ConfigMap, 2 consumers' pods restarted), median of %d runs (wall seconds); host: "
-          "%d CPUs shared with the sandbox, load average %.1f -> %.1f"
-          % (opts.runs, os.cpu_count(), load_before, os.getloadavg()[0]))
-    print("%-40s %9s %9s %9s %9s" % ("variant", "median", "min", "max", "vs (c)"))
-    for name, _func in VARIANTS:
-        values = walls[name]
-        print("%-40s %9.2f %9.2f %9.2f %8.2fx" % (name, median[name], min(values), max(values), median[name] / c))
-    for name, _func in VARIANTS:
-        values = mitigations[name]
-        print("  %-38s %9.2f %9.2f %9.2f" % (name[:4] + MITIGATION, stored[name], min(values), max(values)))
-    sa, sb = stored[VARIANTS[0][0]], stored[VARIANTS[1][0]]
-    goal("(a) time to mitigation <= (b)'s + 1.5 s", sa, sb + 1.5)
-    goal("(a) whole run <= (b) + 1.5 s", a, b + 1.5)
-    goal("(a) whole run <= 2 x (c)", a, 2.0 * c)
+    variant_report("configuration rollback (ConfigMap, 2 consumers' pods restarted)", VARIANTS, walls, mitigations,
+                   MITIGATION, (load_before, os.getloadavg()[0]))
 
 
 if __name__ == "__main__":

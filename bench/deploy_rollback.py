@@ -275,6 +275,27 @@ def main():
     report(walls, mitigations, splits, opts, (load_before, os.getloadavg()[0]))
 
 
+def variant_report(title, variants, walls, mitigations, mitigation_label, load):
+    """The table of a three-variant bench ((a) governed, (b) bare commands, (c) the runbook's procedure) with each
+    variant's time to mitigation, then issue 14's goals."""
+    median = dict((name, statistics.median(values)) for name, values in walls.items())
+    mitigated = dict((name, statistics.median(values)) for name, values in mitigations.items())
+    (a, b, c) = (median[name] for name, _func in variants)
+    print()
+    print("%s, median of %d runs (wall seconds); host: %d CPUs shared with the sandbox, load average %.1f -> %.1f"
+          % (title, len(walls[variants[0][0]]), os.cpu_count(), load[0], load[1]))
+    print("%-40s %9s %9s %9s %9s" % ("variant", "median", "min", "max", "vs (c)"))
+    for name, _func in variants:
+        values = walls[name]
+        print("%-40s %9.2f %9.2f %9.2f %8.2fx" % (name, median[name], min(values), max(values), median[name] / c))
+    for name, _func in variants:
+        values = mitigations[name]
+        print("  %-38s %9.2f %9.2f %9.2f" % (name[:4] + mitigation_label, mitigated[name], min(values), max(values)))
+    goal("(a) time to mitigation <= (b)'s + 1.5 s", mitigated[variants[0][0]], mitigated[variants[1][0]] + 1.5)
+    goal("(a) whole run <= (b) + 1.5 s", a, b + 1.5)
+    goal("(a) whole run <= 2 x (c)", a, 2.0 * c)
+
+
 def goal(label, value, limit):
     print("goal %-52s %6.2f <= %6.2f  %s" % (label, value, limit, "MET" if value <= limit else "MISSED"))
 

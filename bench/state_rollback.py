@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "build", "collections"))
 
-from deploy_rollback import goal, timed  # noqa: E402  pylint: disable=wrong-import-position
+from deploy_rollback import timed, variant_report  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration import _playbook as pb  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration.test_snapshot_rollback import GOOD, Guard, Pipeline, sha  # noqa: E402  pylint: disable=wrong-import-position
 from tests.sandbox_env import load_sandbox_env  # noqa: E402  pylint: disable=wrong-import-position
@@ -141,24 +140,8 @@ def main():
                 print("# run %d %-26s %6.2f s (restored at %.2f s)" % (run + 1, name, wall, mitigation), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    median = dict((name, statistics.median(values)) for name, values in walls.items())
-    restored = dict((name, statistics.median(values)) for name, values in mitigations.items())
-    a, b, c = (median[name] for name, _func in VARIANTS)
-    print()
-    print("application state rollback (AUREUS Guard snapshot restore, 6 items), median of %d runs (wall seconds); "
-          "host: %d CPUs shared with the sandbox, load average %.1f -> %.1f"
-          % (opts.runs, os.cpu_count(), load_before, os.getloadavg()[0]))
-    print("%-40s %9s %9s %9s %9s" % ("variant", "median", "min", "max", "vs (c)"))
-    for name, _func in VARIANTS:
-        values = walls[name]
-        print("%-40s %9.2f %9.2f %9.2f %8.2fx" % (name, median[name], min(values), max(values), median[name] / c))
-    for name, _func in VARIANTS:
-        values = mitigations[name]
-        print("  %-38s %9.2f %9.2f %9.2f" % (name[:4] + MITIGATION, restored[name], min(values), max(values)))
-    ra, rb = restored[VARIANTS[0][0]], restored[VARIANTS[1][0]]
-    goal("(a) time to mitigation <= (b)'s + 1.5 s", ra, rb + 1.5)
-    goal("(a) whole run <= (b) + 1.5 s", a, b + 1.5)
-    goal("(a) whole run <= 2 x (c)", a, 2.0 * c)
+    variant_report("application state rollback (AUREUS Guard snapshot restore, 6 items)", VARIANTS, walls,
+                   mitigations, MITIGATION, (load_before, os.getloadavg()[0]))
 
 
 if __name__ == "__main__":

@@ -35,26 +35,33 @@ def awx_inventory(private_dir):
     return sandbox, path
 
 
+def awx_job(private_dir, monkeypatch):
+    """What AWX gives a job besides the survey: its inventory and, as environment variables, the cluster (a
+    Kubernetes credential) and the receipt signing key as PEM content (a custom credential). Nothing from the
+    developer's shell may stand in for what AWX injects. Returns (inventory path, credentials, signing key)."""
+    sandbox, inventory = awx_inventory(private_dir)
+    with open(sandbox["signing_key_file"]) as handle:
+        signing_key = handle.read()
+    for variable in ("ANSIBLE_CONFIG", "GOVERNED_ROLLBACK_SIGNING_KEY_FILE", "GOVERNED_ROLLBACK_SIGNING_KEY",
+                     "KUBECONFIG", "K8S_AUTH_KUBECONFIG", "ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_INVENTORY"):
+        monkeypatch.delenv(variable, raising=False)
+    credentials = {"K8S_AUTH_KUBECONFIG": sandbox["kubeconfig"], "GOVERNED_ROLLBACK_SIGNING_KEY": signing_key,
+                   "ANSIBLE_COLLECTIONS_PATH": os.path.join(ROOT, "build", "collections")}
+    return inventory, credentials, signing_key
+
+
 def test_awx_job_with_survey_and_env_injected_signing_key_rolls_back_and_keeps_the_key_out_of_artifacts(
         kubectl, namespace, tmp_path, monkeypatch):
     pb.frontend_with_history(kubectl, namespace)
     private_dir = tmp_path / "awx-job"
-    sandbox, inventory = awx_inventory(private_dir)
-    with open(sandbox["signing_key_file"]) as handle:
-        signing_key = handle.read()
+    inventory, credentials, signing_key = awx_job(private_dir, monkeypatch)
     key_body = "".join(line for line in signing_key.splitlines() if line and not line.startswith("-----"))
-    # Nothing from the developer's shell may stand in for what AWX injects.
-    for variable in ("ANSIBLE_CONFIG", "GOVERNED_ROLLBACK_SIGNING_KEY_FILE", "GOVERNED_ROLLBACK_SIGNING_KEY",
-                     "KUBECONFIG", "K8S_AUTH_KUBECONFIG", "ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_INVENTORY"):
-        monkeypatch.delenv(variable, raising=False)
     survey = {"namespace": namespace, "deployment": NAME, "target_rev": 2,
               "reason": "Breaking UI changes affecting user workflows", "incident_id": "INC-12345",
               "priority": "P2", "requested_by": "oncall", "approvals": [],
               "evidence_dir": str(tmp_path / "evidence"), "receipt_ledger": str(tmp_path / "receipts" / "ledger.jsonl"),
               # AWX adds the launching user to every job's extra vars; the requester must be that user.
               "awx_user_name": "oncall"}
-    credentials = {"K8S_AUTH_KUBECONFIG": sandbox["kubeconfig"], "GOVERNED_ROLLBACK_SIGNING_KEY": signing_key,
-                   "ANSIBLE_COLLECTIONS_PATH": os.path.join(ROOT, "build", "collections")}
 
     run = pb.run_playbook(private_dir, survey, envvars=credentials, inventory=inventory, ansible_config=False,
                           verbosity=1)
@@ -96,20 +103,13 @@ def test_awx_job_whose_requester_is_not_the_launching_user_is_denied_and_changes
     pb.frontend_with_history(kubectl, namespace)
     before = pb.resource_versions(kubectl, namespace, NAME)
     private_dir = tmp_path / "awx-job"
-    sandbox, inventory = awx_inventory(private_dir)
-    with open(sandbox["signing_key_file"]) as handle:
-        signing_key = handle.read()
-    for variable in ("ANSIBLE_CONFIG", "GOVERNED_ROLLBACK_SIGNING_KEY_FILE", "GOVERNED_ROLLBACK_SIGNING_KEY",
-                     "KUBECONFIG", "K8S_AUTH_KUBECONFIG", "ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_INVENTORY"):
-        monkeypatch.delenv(variable, raising=False)
+    inventory, credentials, _signing_key = awx_job(private_dir, monkeypatch)
     ledger = str(tmp_path / "receipts" / "ledger.jsonl")
     # mallory may launch the template, and types the on-call engineer's name to get the auto-approval.
     survey = {"namespace": namespace, "deployment": NAME, "target_rev": 2, "reason": "Breaking UI changes",
               "incident_id": "INC-12345", "priority": "P2", "requested_by": "oncall", "approvals": [],
               "evidence_dir": str(tmp_path / "evidence"), "receipt_ledger": ledger, "awx_user_name": "mallory",
               "rollback_id": "rollback-impersonated"}
-    credentials = {"K8S_AUTH_KUBECONFIG": sandbox["kubeconfig"], "GOVERNED_ROLLBACK_SIGNING_KEY": signing_key,
-                   "ANSIBLE_COLLECTIONS_PATH": os.path.join(ROOT, "build", "collections")}
 
     run = pb.run_playbook(private_dir, survey, envvars=credentials, inventory=inventory, ansible_config=False)
 

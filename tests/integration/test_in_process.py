@@ -8,8 +8,7 @@ import os
 import yaml
 
 from tests.integration import _playbook as pb
-from tests.integration.test_awx_runner import awx_inventory
-from tests.sandbox_env import ROOT
+from tests.integration.test_awx_runner import awx_job
 
 CANARY = "canary-api-key-7d1e5f0b93"
 IN_WORKER = "governed.rollback.rollout_undo runs in the task worker"
@@ -110,17 +109,10 @@ def test_the_awx_job_runs_every_governed_module_in_the_worker(kubectl, namespace
     deployment rollback with each governed module in the task worker, and a good receipt."""
     pb.frontend_with_history(kubectl, namespace)
     private_dir = tmp_path / "awx-job"
-    sandbox, inventory = awx_inventory(private_dir)
-    with open(sandbox["signing_key_file"]) as handle:
-        signing_key = handle.read()
-    for variable in ("ANSIBLE_CONFIG", "GOVERNED_ROLLBACK_SIGNING_KEY_FILE", "GOVERNED_ROLLBACK_SIGNING_KEY",
-                     "KUBECONFIG", "K8S_AUTH_KUBECONFIG", "ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_INVENTORY"):
-        monkeypatch.delenv(variable, raising=False)
+    inventory, credentials, signing_key = awx_job(private_dir, monkeypatch)
     survey = dict(pb.INCIDENT, namespace=namespace, deployment="frontend", target_rev=2, approvals=[],
                   evidence_dir=str(tmp_path / "evidence"), receipt_ledger=str(tmp_path / "ledger.jsonl"),
                   awx_user_name="oncall")
-    credentials = {"K8S_AUTH_KUBECONFIG": sandbox["kubeconfig"], "GOVERNED_ROLLBACK_SIGNING_KEY": signing_key,
-                   "ANSIBLE_COLLECTIONS_PATH": os.path.join(ROOT, "build", "collections")}
     run = pb.run_playbook(private_dir, survey, envvars=credentials, inventory=inventory, ansible_config=False,
                           verbosity=3)
     assert run.status == "successful", run.explain()
