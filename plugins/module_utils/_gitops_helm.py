@@ -83,6 +83,10 @@ def select(values, values_key=None, where="the values"):
     if values_key:
         path = split_key(values_key)
         node = lookup(values, path)
+        if len(path) > 1 and _is_image_mapping(lookup(values, path[:-1])):
+            parent = ".".join(path[:-1])
+            raise Refused("%s: values_key %r names a field of the image at %r, not an image; name the image itself: "
+                          "values_key=%s" % (where, values_key, parent, parent), "no_image")
         if _is_image_mapping(node):
             return {"path": path, "shape": "mapping"}
         if isinstance(node, str) and _parse_ref(node):

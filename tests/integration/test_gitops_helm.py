@@ -111,7 +111,8 @@ def test_the_pin_merges_and_helm_controller_rolls_the_release_back_then_a_second
 
 @pytest.mark.parametrize("values_key,expected", [
     ("web.image", r"no image at values_key 'web.image' \(absent\)"),
-    ("replicaCount", r"no image at values_key 'replicaCount' \(a int\)"),
+    ("image.tag", r"values_key 'image.tag' names a field of the image at 'image', not an image; name the image "
+                  r"itself: values_key=image"),
 ])
 def test_a_values_key_that_names_no_image_is_refused_and_nothing_changes(
         values_key, expected, incident, forge, kubectl, sandbox_env, tmp_path):

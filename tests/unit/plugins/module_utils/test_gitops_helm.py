@@ -80,6 +80,15 @@ def test_no_candidate_is_refused_and_nothing_is_guessed():
         helm.select(values, "image..tag")
 
 
+@pytest.mark.parametrize("field", ["image.tag", "image.repository", "image.digest"])
+def test_a_values_key_naming_a_field_of_an_image_mapping_is_refused_pointing_at_the_image(field):
+    values = {"image": {"repository": "aureus/web", "tag": "2.0.0", "digest": ""}}
+    with pytest.raises(Refused, match=r"values_key '%s' names a field of the image at 'image', not an image; name "
+                                      r"the image itself: values_key=image" % field) as err:
+        helm.select(values, field)
+    assert err.value.code == "no_image"
+
+
 def test_values_key_names_a_string_reference_under_another_key():
     values = {"containerImage": "aureus/web@" + BAD}
     candidate = helm.select(values, "containerImage")
