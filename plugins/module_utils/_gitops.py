@@ -440,10 +440,19 @@ def pods_on_image(pods, container, image):
     return summaries
 
 
+def split_image_ref(ref):
+    """``(name, tag, digest)`` of an image reference: the digest after ``@``, the tag after a colon in the last path
+    segment (a colon before it is a registry's port); None for a part that is absent."""
+    name, _sep, digest = (ref or "").partition("@")
+    tag = None
+    if ":" in name.rsplit("/", 1)[-1]:
+        name, tag = name.rsplit(":", 1)
+    return name, tag, digest or None
+
+
 def image_name(ref):
     """The repository part of an image reference (no tag, no digest)."""
-    name = (ref or "").split("@", 1)[0]
-    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+    return split_image_ref(ref)[0]
 
 
 def pods_report_digest(pods, container, digest):

@@ -25,13 +25,13 @@ __metaclass__ = type
 import re
 
 from ansible_collections.governed.rollback.plugins.module_utils._common import Refused, RollbackError
+from ansible_collections.governed.rollback.plugins.module_utils._gitops import DIGEST_RE, split_image_ref
 
 try:
     import yaml
 except ImportError:  # pragma: no cover - PyYAML ships with ansible-core
     yaml = None
 
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 KEY_LINE = re.compile(r"^(\s*)([A-Za-z0-9_.\-\"']+):(?:\s+(.*?))?\s*$")
 
@@ -107,13 +107,10 @@ def _parse_ref(ref):
     value = (ref or "").strip()
     if not value or " " in value:
         return None
-    name, _sep, digest = value.partition("@")
+    name, tag, digest = split_image_ref(value)
     if digest and not DIGEST_RE.match(digest):
         return None
-    tag = None
-    if ":" in name.rsplit("/", 1)[-1]:
-        name, tag = name.rsplit(":", 1)
-    return name, tag, digest or None
+    return name, tag, digest
 
 
 def image_of(values, candidate):

@@ -231,7 +231,6 @@ def build_api_client(params):
     """The API client for module params (kubeconfig, host+token or in-cluster): the light transport when the
     configuration is one it handles, else a kubernetes ApiClient."""
     kubeconfig = params.get("kubeconfig")
-    host = params.get("host")
     if kubeconfig and "," not in kubeconfig and not os.path.exists(kubeconfig):
         raise K8sError("kubeconfig %s does not exist; pass kubeconfig=<path> or set K8S_AUTH_KUBECONFIG" % kubeconfig)
     try:
@@ -240,17 +239,8 @@ def build_api_client(params):
         raise K8sError("cannot load Kubernetes credentials: %s; pass kubeconfig=, or host= and api_key=, "
                        "or set K8S_AUTH_KUBECONFIG / K8S_AUTH_HOST" % exc)
     if light is not None:
-        return light
+        return light  # always for host= (with api_key, ca_cert, validate_certs): the light transport serves those
     k8s_client, k8s_config = _kubernetes()
-    if host:
-        configuration = k8s_client.Configuration()
-        configuration.host = host
-        if params.get("api_key"):
-            configuration.api_key = {"authorization": "Bearer " + params["api_key"]}
-        configuration.verify_ssl = params.get("validate_certs", True)
-        if params.get("ca_cert"):
-            configuration.ssl_ca_cert = params["ca_cert"]
-        return k8s_client.ApiClient(configuration)
     configuration = k8s_client.Configuration()
     try:
         if kubeconfig:

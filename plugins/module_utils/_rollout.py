@@ -204,15 +204,6 @@ class WaitResult:
                 "elapsed_seconds": round(self.elapsed_seconds, 3)}
 
 
-def poll_interval(elapsed):
-    """Poll fast while a rollback usually finishes, then back off (see _common.backoff_interval).
-
-    A rollback to a ReplicaSet whose pods still run is done as soon as the controller has observed the patch and
-    moved the replicas (tens of milliseconds after it), which is what ``kubectl rollout status``'s watch notices.
-    """
-    return backoff_interval(elapsed)
-
-
 # How long past progressDeadlineSeconds the wait lets the controller record the timeout itself before saying so.
 DEADLINE_GRACE_SECONDS = 2.0
 
@@ -266,7 +257,7 @@ def _missed_deadline(obj, stalled_for):
 
 
 def wait_for_rollout(fetch, kind, timeout, patched_at=None, uid=None, clock=time.monotonic, sleep=time.sleep,
-                     interval=poll_interval):
+                     interval=backoff_interval):
     """Poll ``fetch()`` until the rollout is done, has failed, the object is gone, or ``timeout`` seconds pass.
 
     ``fetch`` returns the workload as a dict, or None once it no longer exists. ``uid`` detects an object that was

@@ -313,7 +313,7 @@ def test_progress_the_controller_recorded_between_polls_restarts_the_deadline():
 
 
 def test_the_wait_polls_fast_first_then_backs_off():
-    from ansible_collections.governed.rollback.plugins.module_utils._rollout import poll_interval
+    from ansible_collections.governed.rollback.plugins.module_utils._common import backoff_interval as poll_interval
 
     intervals = [poll_interval(t) for t in (0.0, 0.5, 0.99, 1.0, 4.9, 5.0, 29.9, 30.0, 600.0)]
     assert intervals == [0.05, 0.05, 0.05, 0.2, 0.2, 0.5, 0.5, 2.0, 2.0]
