@@ -54,7 +54,7 @@ PHASES = (
     ("evidence before", "Capture the evidence of phase before"),
     ("rollout_undo + wait", "Roll back and wait"),
     ("verification", ("Evaluate the rollout", "Check the health", "Run the smoke", "Record the health",
-                      "Assert the rollback", "Record the type's checks", "Choose the verification",
+                      "Assert the rollback", "Record the type's checks",
                       "Measure the verification", "Record the measured")),
     ("evidence after + archive", "Capture the evidence of phase after"),
     ("signed receipt + ledger", "Write the rollback receipt to the ledger"),

@@ -31,6 +31,7 @@ import mmap
 import os
 import re
 import stat
+import sys
 import tempfile
 import traceback
 import unicodedata
@@ -63,12 +64,21 @@ try:
     from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 except ImportError:  # pragma: no cover
     IMPORT_ERRORS["cryptography"] = traceback.format_exc()
+# securesystemslib.signer imports every signer it ships; its AWS KMS signer imports boto3, 0.1-0.2 s that receipts
+# (signed with local ed25519 keys) never use. Unless boto3 is loaded already, it is hidden while securesystemslib
+# loads: the AWS signer then records boto3 as missing, and S3 storage (_s3) still imports boto3 for real on first use.
+_HIDE_BOTO3 = "boto3" not in sys.modules
+if _HIDE_BOTO3:
+    sys.modules["boto3"] = None
 try:
     from securesystemslib.dsse import Envelope
     from securesystemslib.exceptions import VerificationError
     from securesystemslib.signer import CryptoSigner, SSlibKey
 except ImportError:  # pragma: no cover
     IMPORT_ERRORS["securesystemslib"] = traceback.format_exc()
+finally:
+    if _HIDE_BOTO3 and sys.modules.get("boto3", 0) is None:
+        del sys.modules["boto3"]
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 STATEMENT_PAYLOAD_TYPE = "application/vnd.in-toto+json"

@@ -22,8 +22,10 @@ __metaclass__ = type
 import base64
 import datetime
 import hashlib
+import importlib
+import importlib.util
 import os
-import traceback
+import sys
 
 from ansible_collections.governed.rollback.plugins.module_utils._common import RollbackError
 from ansible_collections.governed.rollback.plugins.module_utils._receipt import (
@@ -33,16 +35,23 @@ from ansible_collections.governed.rollback.plugins.module_utils._receipt import 
     secret_findings,
 )
 
-BOTO3_IMP_ERR = None
-try:
-    import boto3
-    import botocore.config
-    import botocore.exceptions
 
-    HAS_BOTO3 = True
-except ImportError:  # pragma: no cover - exercised only without the library
-    BOTO3_IMP_ERR = traceback.format_exc()
-    HAS_BOTO3 = False
+class _OnFirstUse(object):
+    """A module imported when one of its attributes is first read. boto3 and botocore take 0.1-0.2 s to import and
+    only object storage needs them, so a rollback that stores nothing in S3 never imports them."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+HAS_BOTO3 = all(importlib.util.find_spec(name) is not None for name in ("boto3", "botocore"))
+BOTO3_IMP_ERR = None if HAS_BOTO3 else "No module named 'boto3' (or 'botocore') on %s" % sys.executable
+boto3 = _OnFirstUse("boto3")
+botocore_config = _OnFirstUse("botocore.config")
+botocore_exceptions = _OnFirstUse("botocore.exceptions")
 
 LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 SEQ_SPAN = 10 ** 19  # keys hold SEQ_SPAN - 1 - seq, zero-padded: the newest head lists first
@@ -63,7 +72,7 @@ def wanted(params):
 def client(params):
     if not HAS_BOTO3:
         raise S3Error("boto3 is required for S3 evidence storage and ledger heads; install boto3 (requirements.txt)")
-    config = botocore.config.Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+    config = botocore_config.Config(s3={"addressing_style": "path"}, signature_version="s3v4",
                                     retries={"max_attempts": 4, "mode": "standard"},
                                     connect_timeout=10, read_timeout=60)
     kwargs = dict(endpoint_url=params.get("s3_endpoint_url") or None, region_name=params.get("s3_region") or None,
@@ -78,13 +87,13 @@ def client(params):
 
 
 def _code(exc):
-    if isinstance(exc, botocore.exceptions.ClientError):
+    if isinstance(exc, botocore_exceptions.ClientError):
         return exc.response.get("Error", {}).get("Code", "")
     return type(exc).__name__
 
 
 def _describe(exc):
-    if isinstance(exc, botocore.exceptions.ClientError):
+    if isinstance(exc, botocore_exceptions.ClientError):
         error = exc.response.get("Error", {})
         return "%s: %s" % (error.get("Code", "error"), error.get("Message", "") or "")
     return str(exc)
@@ -131,14 +140,14 @@ class Store(object):
         if self._lock is None:
             try:
                 conf = self.client.get_object_lock_configuration(Bucket=self.bucket)["ObjectLockConfiguration"]
-            except botocore.exceptions.ClientError as exc:
+            except botocore_exceptions.ClientError as exc:
                 if _code(exc) in ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound",
                                   "NotImplemented", "InvalidRequest"):
                     self._lock = {"enabled": False, "mode": None, "days": None}
                     return self._lock
                 raise S3Error("cannot read the Object Lock configuration of bucket %s (%s); check s3_bucket, the "
                               "endpoint and the credentials" % (self.bucket, _describe(exc)))
-            except botocore.exceptions.BotoCoreError as exc:
+            except botocore_exceptions.BotoCoreError as exc:
                 raise S3Error("cannot reach object storage for bucket %s: %s" % (self.bucket, _describe(exc)))
             rule = (conf.get("Rule") or {}).get("DefaultRetention") or {}
             days = rule.get("Days") or (rule.get("Years") and rule["Years"] * 365)
@@ -164,7 +173,7 @@ class Store(object):
         """The stored object's metadata with its checksum, or None when key holds nothing."""
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except botocore.exceptions.ClientError as exc:
+        except botocore_exceptions.ClientError as exc:
             if _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise S3Error("cannot read %s: %s" % (self.where(key), _describe(exc)))
@@ -214,9 +223,9 @@ class Store(object):
             stored = self.client.head_object(Bucket=self.bucket, Key=key, VersionId=put["VersionId"],
                                              ChecksumMode="ENABLED") if put.get("VersionId") else \
                 self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except botocore.exceptions.ClientError as exc:
+        except botocore_exceptions.ClientError as exc:
             raise S3Error("uploading %s failed (%s); nothing is recorded as stored" % (self.where(key), _describe(exc)))
-        except botocore.exceptions.BotoCoreError as exc:
+        except botocore_exceptions.BotoCoreError as exc:
             raise S3Error("uploading %s failed: %s" % (self.where(key), _describe(exc)))
         if stored.get("ChecksumSHA256") != checksum or stored.get("ContentLength") != len(data):
             raise S3Error("%s was stored but its checksum does not match what was sent (stored %s, sent %s, %s of "
@@ -319,7 +328,7 @@ class S3Heads(object):
         client = self.store.client
         try:
             listing = client.list_object_versions(Bucket=self.store.bucket, Prefix=self.prefix, MaxKeys=50)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        except (botocore_exceptions.ClientError, botocore_exceptions.BotoCoreError) as exc:
             return None, None, "cannot list the locked heads in %s: %s" % (self.where(), _describe(exc))
         versions = [v for v in listing.get("Versions", []) if seq_of_key(v["Key"]) is not None]
         if not versions:
@@ -330,7 +339,7 @@ class S3Heads(object):
             try:
                 body = client.get_object(Bucket=self.store.bucket, Key=newest, VersionId=version["VersionId"],
                                          ChecksumMode="ENABLED")["Body"].read()
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            except (botocore_exceptions.ClientError, botocore_exceptions.BotoCoreError) as exc:
                 return None, newest, "cannot read locked head %s: %s" % (self.store.where(newest), _describe(exc))
             checkpoint, problem = parse_checkpoint(body, keys, "locked head %s" % self.store.where(newest))
             if problem:
