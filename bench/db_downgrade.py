@@ -28,7 +28,6 @@ Usage: .venv/bin/python bench/db_downgrade.py [--runs 5] [--keep]
 """
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -43,6 +42,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "build", "collections"))
 
 from db_rollback import admin, client_env, drop_like, pg_settings  # noqa: E402  pylint: disable=wrong-import-position
+from config_rollback import epoch  # noqa: E402  pylint: disable=wrong-import-position
 from deploy_rollback import PATCHED, patched_at, timed, variant_report  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration.test_pg_schema_downgrade import SANDBOX_MIGRATIONS, SANDBOX_VERSIONS, execute, sandbox_style  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration.test_rollback_db_playbook import Incident, versions  # noqa: E402  pylint: disable=wrong-import-position
@@ -52,12 +52,6 @@ VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 MITIGATION = "time to mitigation (start -> committed)"
 PREFIX = "gr_bench_dg_"
 REVERTED = SANDBOX_VERSIONS[2]
-
-
-def epoch(stamp):
-    """Seconds since the epoch of an RFC 3339 UTC stamp with microseconds."""
-    moment = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()
 
 
 def governed(pg, db, work):

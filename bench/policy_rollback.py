@@ -33,7 +33,6 @@ Usage: .venv/bin/python bench/policy_rollback.py [--runs 5] [--keep]
 """
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -47,6 +46,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "build", "collections"))
 
+from config_rollback import epoch  # noqa: E402  pylint: disable=wrong-import-position
 from deploy_rollback import Sandbox, timed, variant_report  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration import _playbook as pb  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration import _policy_env as env  # noqa: E402  pylint: disable=wrong-import-position
@@ -55,12 +55,6 @@ from ansible_collections.governed.rollback.plugins.module_utils import _policy  
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 MITIGATION = "time to mitigation (start -> OPA active)"
 REASON = "New policy blocking analysts from routine low-PII queries"
-
-
-def epoch(stamp):
-    """Seconds since the epoch of an RFC 3339 UTC stamp with microseconds."""
-    moment = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()
 
 
 def activated_at(pep):
