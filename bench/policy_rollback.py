@@ -145,7 +145,9 @@ cat > "$OUT/$ROLLBACK_ID-manifest.json" <<EOF
   "affected_users": 45
 }}
 EOF
-echo "{{\"event\":\"policy_rollback\",\"policy\":\"pii-access-requires-approval\",\"timestamp\":\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\",\"actor\":\"$USER\"}}" >> "$OUT/audit.log"
+NOW=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+echo "{{\"event\":\"policy_rollback\",\"policy\":\"pii-access-requires-approval\",\"timestamp\":\"$NOW\",\
+\"actor\":\"$USER\"}}" >> "$OUT/audit.log"
 tar -czf "$OUT.tar.gz" -C "{work}" "$ROLLBACK_ID" || exit 1
 """
 
