@@ -109,7 +109,7 @@ def test_v21_to_v20_through_the_bundle_server_plan_act_idempotent(tmp_path, pep,
     published, activated = moment(result["published_at"]), moment(result["activated_at"])
     assert started < published < activated < ended
     status = env.http_json(pep.url + "/v1/status")["result"]["bundles"]["aureus"]
-    assert moment(status["last_successful_activation"][:26] + "Z") == activated
+    assert datetime.datetime.fromisoformat(status["last_successful_activation"].replace("Z", "+00:00")) == activated
     assert pep.revision() == pep.shas["v2.0"]
     assert pep.decide(env.ANALYST_LOW) is True and pep.decide(env.ANALYST_HIGH) is False
     assert [p["where"] for p in result["probes"]] == ["target bundle"] * 2 + ["running PEP"] * 2
