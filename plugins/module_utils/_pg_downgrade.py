@@ -528,7 +528,14 @@ class Downgrade(object):
         except _pg.psycopg2.Error as exc:
             raise RollbackError("COMMIT of the downgrade failed (%s): whether it was applied is unknown; read %s before "
                                 "anything else" % (str(exc).strip(), self.project.tool.table))
+        self.committed()
         return snapshot_after, []
+
+    def committed(self):
+        """The moment the downgrade's (last) COMMIT returned: the moment of mitigation, also in the receipt's
+        details."""
+        self.result["committed_at"] = _common.utc_stamp_micro()
+        self.result["receipt_fields"].setdefault("details", {})["committed_at"] = self.result["committed_at"]
 
     def safe_rollback(self):
         try:
@@ -590,6 +597,7 @@ class Downgrade(object):
             self.result["schema_drift"] = mig.schema_diff(recorded, snapshot_after) if recorded is not None else []
             self.record_downgrade(cur, entries, ran, mig.schema_digest(snapshot_after))
         self.commit()
+        self.committed()
         return snapshot_after, ran
 
     def half_applied(self, step, ran, exc=None):

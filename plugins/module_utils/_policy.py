@@ -14,7 +14,8 @@ import difflib
 import json
 import re
 
-from ansible_collections.governed.rollback.plugins.module_utils._common import Refused
+from ansible_collections.governed.rollback.plugins.module_utils._common import Refused, RollbackError, utc_stamp_micro
+from ansible_collections.governed.rollback.plugins.module_utils._snapshot import parse_time
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 PACKAGE_RE = re.compile(r"^\s*package\s+([A-Za-z_][A-Za-z0-9_.]*)\s*$", re.M)
@@ -285,12 +286,29 @@ def check_probes(results, where):
 
 # --------------------------------------------------------------------------- revisions, versions, diff
 
-def status_revision(status, bundle_name):
-    """The active revision of ``bundle_name`` in OPA's ``GET /v1/status`` (or ``data.system.bundles``) answer."""
+def status_bundle(status, bundle_name):
+    """The entry of ``bundle_name`` in OPA's ``GET /v1/status`` (or ``data.system.bundles``) answer ({} if none)."""
     result = (status or {}).get("result", status) or {}
     bundles = result.get("bundles", result) if isinstance(result, dict) else {}
-    bundle = (bundles or {}).get(bundle_name) or {}
+    return (bundles or {}).get(bundle_name) or {}
+
+
+def status_revision(status, bundle_name):
+    """The active revision of ``bundle_name`` in OPA's ``GET /v1/status`` (or ``data.system.bundles``) answer."""
+    bundle = status_bundle(status, bundle_name)
     return bundle.get("active_revision") or (bundle.get("manifest") or {}).get("revision")
+
+
+def status_activation(status, bundle_name):
+    """When OPA activated the bundle it runs (``last_successful_activation`` of the status API, by OPA's clock,
+    nanoseconds) as an RFC 3339 UTC stamp at microsecond precision; None when it does not say (the
+    ``data.system.bundles`` answer, Go's zero time before the first activation, an unreadable value)."""
+    stamp = status_bundle(status, bundle_name).get("last_successful_activation")
+    try:
+        moment = parse_time(stamp, "last_successful_activation") if stamp else None
+    except RollbackError:
+        return None
+    return utc_stamp_micro(moment) if moment and moment.year > 1 else None
 
 
 def manifest_version(files):

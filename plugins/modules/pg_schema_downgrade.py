@@ -385,6 +385,14 @@ connection_lost:
   description: True when the connection died during the downgrade (its transaction was not committed).
   returned: when the connection was lost
   type: bool
+committed_at:
+  description:
+    - When the downgrade's COMMIT returned (RFC 3339 UTC, microseconds; the last one with
+      O(allow_non_transactional=true)) - the moment of mitigation, after the verified backup. Also in the receipt's
+      C(details).
+  returned: when the downgrade was committed (not in check mode)
+  type: str
+  sample: "2026-11-30T15:04:05.123456Z"
 duration:
   description: Seconds the task took.
   returned: always

@@ -257,9 +257,25 @@ applied:
   returned: always
   type: dict
 pep:
-  description: The running OPA after the rollback - C(revision) it reports, and C(verified).
+  description:
+    - The running OPA after the rollback - C(revision) it reports, C(activated_at) (as RV(activated_at), null when
+      OPA does not report the target revision or its activation time), and C(verified).
   returned: when O(opa_url) is set and not in check mode
   type: dict
+published_at:
+  description:
+    - When the target was put in place (RFC 3339 UTC, microseconds) - the bundle renamed into the bundle server's
+      directory, or the ConfigMap stored when only O(apply_to=configmap) changed. Also in the receipt's C(details).
+  returned: when something was applied (not in check mode)
+  type: str
+  sample: "2026-11-30T15:04:05.123456Z"
+activated_at:
+  description:
+    - When the running OPA activated the target bundle, by OPA's own clock (C(last_successful_activation) of
+      C(GET /v1/status), cut to microseconds) - the moment of mitigation. Also in the receipt's C(details).
+  returned: when O(opa_url) is set, OPA reports the target revision and its activation time, not in check mode
+  type: str
+  sample: "2026-11-30T15:04:06.234567Z"
 refused:
   description: The rule that refused the rollback (nothing applied) - C(opa_not_found), C(not_a_repository),
     C(no_policy_history), C(no_previous_version), C(bad_ref), C(build_failed), C(tests_failed), C(no_tests),
@@ -285,7 +301,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
 from ansible_collections.governed.rollback.plugins.module_utils import _argspec, _policy, _proc, _workload
 from ansible_collections.governed.rollback.plugins.module_utils._common import (
-    RollbackError, Refused, check_binding, fail_from_exception, json_sha256, sha256_hex, utc_stamp,
+    RollbackError, Refused, check_binding, fail_from_exception, json_sha256, sha256_hex, utc_stamp, utc_stamp_micro,
 )
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
     FIELD_MANAGER, RESOURCE_PATHS, K8sError, KubeRest, build_api_client, require_k8s,
@@ -402,16 +418,18 @@ def http_json(url, body=None):
 
 
 def pep_revision(opa_url, bundle_name):
-    """The revision the running OPA reports active (status API, else data.system.bundles); error text on failure."""
+    """``(revision, activated_at, error)``: the revision the running OPA reports active (status API, else
+    data.system.bundles), when OPA activated it (status API only, else None), error text on failure."""
     errors = []
     for path in ("/v1/status", "/v1/data/system/bundles"):
         try:
-            revision = _policy.status_revision(http_json(opa_url.rstrip("/") + path), bundle_name)
+            status = http_json(opa_url.rstrip("/") + path)
+            revision = _policy.status_revision(status, bundle_name)
             if revision:
-                return revision, None
+                return revision, _policy.status_activation(status, bundle_name), None
         except Exception as exc:  # pylint: disable=broad-except  # URL, HTTP and JSON errors alike
             errors.append("%s: %s" % (path, exc))
-    return None, "; ".join(errors) or "no active revision reported for bundle %s" % bundle_name
+    return None, None, "; ".join(errors) or "no active revision reported for bundle %s" % bundle_name
 
 
 def pep_probes(opa_url, probes):
@@ -723,11 +741,13 @@ def execute(params, opa, api, workdir, check_mode=False, diff=False):
                 raise Refused("the bundle on the bundle server changed while the rollback was being prepared; nothing "
                               "was applied: re-run", "conflict")
             write_atomically(path, bundle)
+            published(result)
         if not cm_done:
             applied = apply_configmap(api, params["configmap_namespace"], params["configmap_name"], data, annotations,
                                       state.configmap["metadata"]["resourceVersion"] if state.configmap else None,
                                       False)
             result["configmap_resource_version"] = applied["metadata"]["resourceVersion"]
+            published(result)
             restart_pep(api, params, to_sha, result, outcome)
     except (Refused, K8sError, OSError) as error:
         restore(path, previous, result)
@@ -737,6 +757,13 @@ def execute(params, opa, api, workdir, check_mode=False, diff=False):
         return outcome
     verify_pep(params, probes, to_sha, result, outcome, (path, previous))
     return outcome
+
+
+def published(result):
+    """The moment the target was first put in place (bundle on the bundle server, else the ConfigMap stored)."""
+    if not result.get("published_at"):
+        result["published_at"] = utc_stamp_micro()
+        result["receipt_fields"]["details"]["published_at"] = result["published_at"]
 
 
 def restart_pep(api, params, to_sha, result, outcome):
@@ -772,11 +799,15 @@ def verify_pep(params, probes, to_sha, result, outcome, published):
         return
     deadline = time.monotonic() + (params["wait_timeout"] if params["wait"] else 0)
     watch_revision = "bundle_server" in params["apply_to"]
-    revision, error = pep_revision(params["opa_url"], params["bundle_name"])
+    revision, activated_at, error = pep_revision(params["opa_url"], params["bundle_name"])
     while watch_revision and revision != to_sha and time.monotonic() < deadline:
         time.sleep(0.5)
-        revision, error = pep_revision(params["opa_url"], params["bundle_name"])
-    result["pep"] = {"revision": revision, "verified": False}
+        revision, activated_at, error = pep_revision(params["opa_url"], params["bundle_name"])
+    result["pep"] = {"revision": revision, "activated_at": activated_at if revision == to_sha else None,
+                     "verified": False}
+    if revision == to_sha and activated_at:
+        result["activated_at"] = activated_at
+        result["receipt_fields"]["details"]["activated_at"] = activated_at
     if watch_revision and revision != to_sha:
         if published:
             restore(published[0], published[1], result)

@@ -8,6 +8,7 @@ from the environment, as AWX's PostgreSQL credential injects it; every output is
 rows of every table.
 """
 
+import datetime
 import hashlib
 import json
 import os
@@ -270,9 +271,15 @@ def test_data_loss_refused_then_accepted_then_idempotent(pg, scratch, downgrade,
     assert fingerprint(pg, db) == before
     verify_backup(pg, result["backup_location"], result["backup_sha256"])  # taken before anything, kept
 
+    started = time.time()
     failed, result = downgrade(db, migrations_dir=SANDBOX_MIGRATIONS, accept_data_loss=True, actor="dba",
                                incident_id="INC-12345", reason="bad migration")
+    ended = time.time()
     assert not failed, result["msg"]
+    # The moment of mitigation, after the backup: the COMMIT returned, to the microsecond, also in the receipt.
+    committed = datetime.datetime.strptime(result["committed_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    assert started + result["backup"]["seconds"] < committed < ended
     assert result["changed"] and result["data_lost"]
     toc = verify_backup(pg, result["backup_location"], result["backup_sha256"])
     assert "TABLE DATA public pii_access_tracking" in toc
@@ -283,7 +290,8 @@ def test_data_loss_refused_then_accepted_then_idempotent(pg, scratch, downgrade,
         "to_version": SANDBOX_VERSIONS[1], "backup_location": result["backup_location"],
         "data_loss": "table public.pii_access_tracking (2 rows)",
         "current_ref": "sha256:" + result["schema_sha256_before"],
-        "rollback_target_ref": "sha256:" + result["schema_sha256_after"]}
+        "rollback_target_ref": "sha256:" + result["schema_sha256_after"],
+        "details": {"committed_at": result["committed_at"]}}
     assert result["schema_sha256_after"] != result["schema_sha256_before"]
     assert execute(pg, db, "SELECT version FROM schema_migrations ORDER BY 1") == [(v,) for v in SANDBOX_VERSIONS[:2]]
     assert execute(pg, db, "SELECT to_regclass('pii_access_tracking')") == [(None,)]
@@ -502,6 +510,7 @@ def test_non_transactional_refused_unless_allowed(pg, scratch, downgrade, tmp_pa
     failed, result = downgrade(db, migrations_dir=project, allow_non_transactional=True)
     assert not failed, result["msg"]
     assert [n["line"] for n in result["non_transactional"]] == [2]
+    assert result["receipt_fields"]["details"] == {"committed_at": result["committed_at"]}  # the last COMMIT
     assert execute(pg, db, "SELECT version, dirty FROM schema_migrations") == [(1, False)]
     assert execute(pg, db, "SELECT to_regclass('users_email')") == [(None,)]
 

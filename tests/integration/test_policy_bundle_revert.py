@@ -7,6 +7,7 @@ refusal proves that the served bundle (sha256), the active revision of the runni
 """
 
 import copy
+import datetime
 import os
 
 import pytest
@@ -48,6 +49,10 @@ def snapshot(pep, kubectl, namespace):
     return {"served": env.sha256_file(pep.bundle), "active": pep.revision(),
             "configmap": cm["metadata"]["resourceVersion"], "pep": env.deployment(kubectl, namespace)["metadata"]["resourceVersion"],
             "worktree": env.worktree_state(pep.repo)}
+
+
+def moment(stamp):
+    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
 
 
 def run(tmp_path, module_args, check=False, diff=False):
@@ -92,10 +97,19 @@ def test_v21_to_v20_through_the_bundle_server_plan_act_idempotent(tmp_path, pep,
     assert env.sha256_file(pep.bundle) == served and pep.revision() == pep.shas["v2.1"]  # the plan changed nothing
     assert plan["receipt_fields"]["from_version"] == "v2.1" and plan["receipt_fields"]["to_version"] == "v2.0"
 
+    started = datetime.datetime.now(datetime.timezone.utc)
     failed, result = run(tmp_path, args(pep, sandbox_env, expected_binding=plan["binding"], security_review="approved",
                                         affected_users=45))
+    ended = datetime.datetime.now(datetime.timezone.utc)
     assert not failed and result["changed"], result
-    assert result["applied"]["bundle_server"] and result["pep"] == {"revision": pep.shas["v2.0"], "verified": True}
+    assert result["applied"]["bundle_server"] and result["pep"] == {
+        "revision": pep.shas["v2.0"], "activated_at": result["activated_at"], "verified": True}
+    # The moments of the timeline: the bundle in place (our clock), then OPA's own record of activating it, which is
+    # what OPA's status API says right now too.
+    published, activated = moment(result["published_at"]), moment(result["activated_at"])
+    assert started < published < activated < ended
+    status = env.http_json(pep.url + "/v1/status")["result"]["bundles"]["aureus"]
+    assert datetime.datetime.fromisoformat(status["last_successful_activation"].replace("Z", "+00:00")) == activated
     assert pep.revision() == pep.shas["v2.0"]
     assert pep.decide(env.ANALYST_LOW) is True and pep.decide(env.ANALYST_HIGH) is False
     assert [p["where"] for p in result["probes"]] == ["target bundle"] * 2 + ["running PEP"] * 2
@@ -106,6 +120,8 @@ def test_v21_to_v20_through_the_bundle_server_plan_act_idempotent(tmp_path, pep,
     audit = fields["details"]["audit_event"]
     assert audit["event"] == "policy_rollback" and audit["actor"] == "gov-lead"
     assert audit["policy"] == "pii-access-requires-approval" and audit["timestamp"].endswith("Z")
+    assert (fields["details"]["published_at"], fields["details"]["activated_at"]) == (
+        result["published_at"], result["activated_at"])
     assert env.worktree_state(pep.repo) == worktree
 
     failed, again = run(tmp_path, args(pep, sandbox_env))
@@ -135,6 +151,9 @@ def test_v21_to_v20_through_the_configmap_restarts_the_pep(tmp_path, pep, sandbo
     assert workload["spec"]["template"]["metadata"]["annotations"]["policy.governed.io/revision"] == pep.shas["v2.0"]
     assert result["pep_rollout"]["done"]
     assert pep.revision() == pep.shas["v2.1"]  # the bundle server was not asked to change
+    # Mitigation here is the ConfigMap stored; no OPA was watched, so no activation time.
+    assert result["receipt_fields"]["details"]["published_at"] == result["published_at"]
+    assert "activated_at" not in result and "activated_at" not in result["receipt_fields"]["details"]
 
     failed, again = run(tmp_path, module_args)
     assert not failed and not again["changed"], again
@@ -186,6 +205,7 @@ def test_the_bundle_server_down_mid_apply_keeps_the_previous_bundle(tmp_path, pe
         failed, result = run(tmp_path, args(pep, sandbox_env, wait_timeout=4))
         assert failed and "still reports revision %s" % pep.shas["v2.1"] in result["msg"], result
         assert "previous bundle was put back" in result["msg"] and result["bundle_restored"]
+        assert result["published_at"] and "activated_at" not in result and result["pep"]["activated_at"] is None
         assert pep.revision() == pep.shas["v2.1"]
         assert env.sha256_file(pep.bundle) == served
     finally:

@@ -250,6 +250,8 @@ def test_p0_emergency_override_with_the_cto_proceeds(incident):
     assert versions(incident.pg, incident.db) == SANDBOX_VERSIONS[:2]
     receipt = incident.receipt()
     assert receipt["outcome"] == "succeeded" and receipt["emergency"] is True
+    # the moment of mitigation, pg_schema_downgrade's committed_at, reaches the receipt's details
+    assert receipt["details"]["committed_at"][:19] >= receipt["started_at"][:19]
     assert receipt["post_incident_review"] == "required" and receipt["retroactive_approval_due"]
 
 

@@ -7,6 +7,7 @@ lives and where evidence goes. Refusals prove nothing changed: the served bundle
 the ConfigMap's resourceVersion.
 """
 
+import datetime
 import json
 import os
 
@@ -78,6 +79,13 @@ def test_the_runbook_rollback_with_the_inventory_defaults(tmp_path, pep, kubectl
     audit = receipt["details"]["audit_event"]
     assert audit["event"] == "policy_rollback" and audit["policy"] == "pii-access-requires-approval"
     assert audit["actor"] == "oncall" and audit["to_revision"] == pep.shas["v2.0"]
+    # The timeline's moments: the bundle put in place, then OPA's own record of activating it (what its status says).
+    details = receipt["details"]
+    activation = env.http_json(pep.url + "/v1/status")["result"]["bundles"]["aureus"]["last_successful_activation"]
+    started, published, activated, reported = (
+        datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        for stamp in (receipt["started_at"], details["published_at"], details["activated_at"], activation))
+    assert started <= published < activated == reported  # OPA's nanoseconds, cut to microseconds
     failed, verified = pb.verify_ledger(tmp_path / "verify", tmp_path / "ledger.jsonl")
     assert not failed and verified["valid"], verified
 

@@ -197,6 +197,23 @@ def test_status_revision_from_status_api_and_system_bundles():
     assert pol.status_revision({"result": {}}, "aureus") is None
 
 
+def test_status_activation_is_opas_own_stamp_cut_to_microseconds():
+    def status(**bundle):
+        return {"result": {"bundles": {"aureus": dict(bundle, active_revision=V20)}}}
+
+    # OPA writes Go's RFC3339Nano; an offset is turned into UTC.
+    stamp = "2026-11-30T18:14:45.720835234Z"
+    assert pol.status_activation(status(last_successful_activation=stamp), "aureus") == "2026-11-30T18:14:45.720835Z"
+    assert pol.status_activation(status(last_successful_activation="2026-11-30T19:14:45.5+01:00"), "aureus") == \
+        "2026-11-30T18:14:45.500000Z"
+    # Never activated (Go's zero time), not reported, unreadable, another bundle, data.system.bundles: unknown.
+    assert pol.status_activation(status(last_successful_activation="0001-01-01T00:00:00Z"), "aureus") is None
+    assert pol.status_activation(status(), "aureus") is None
+    assert pol.status_activation(status(last_successful_activation="yesterday"), "aureus") is None
+    assert pol.status_activation(status(last_successful_activation=stamp), "other") is None
+    assert pol.status_activation({"result": {"aureus": {"manifest": {"revision": V20}}}}, "aureus") is None
+
+
 def test_versions_and_deployable_files():
     files = {"pii-access-policy.rego": POLICY_V20, "pii-access-policy_test.rego": TESTS_V20,
              "policy-manifest.json": MANIFEST, ".manifest": "{}"}
