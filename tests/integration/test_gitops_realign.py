@@ -34,9 +34,14 @@ Incident = functools.partial(g.Incident, namespace=g.NAMESPACE, deployment="aure
 def give_the_deployment_a_previous_release(forge, kubectl):
     """Through git only: release v1.4.0 on main, Flux applies it, then the reset puts v1.5.0 back (Flux again), so
     the Deployment's history holds the last good release as a previous revision."""
-    history = [rs for rs in pb.items(kubectl, "replicasets", g.NAMESPACE, "app=aureus,component=api")
-               if rs["spec"]["template"]["spec"]["containers"][0]["image"] == g.GOOD]
-    if history:
+    def revision(rs):
+        return int(rs["metadata"].get("annotations", {}).get(REVISION, 0))
+
+    replicasets = sorted(pb.items(kubectl, "replicasets", g.NAMESPACE, "app=aureus,component=api"), key=revision)
+    # The last good release must be the PREVIOUS revision, not only somewhere in the history: after other runs on
+    # the same sandbox (the drill, other gitops tests) it can sit further back, and undoing to an older revision
+    # asks for a different approval rule (deployment_older) than this file's incidents expect (deployment_last).
+    if len(replicasets) >= 2 and replicasets[-2]["spec"]["template"]["spec"]["containers"][0]["image"] == g.GOOD:
         return
 
     def pin_good(repo):
