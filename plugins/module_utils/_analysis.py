@@ -345,7 +345,8 @@ def judge_contract(status, expected_status, assertion_results):
 
 
 def judge_assertion(kind, actual, expected=None):
-    """One JMESPath assertion on a value the adapter extracted: exists, equals, matches (regex), not_exists."""
+    """One JMESPath assertion on a value the adapter extracted: exists, not_exists, equals, matches (regex), in (one
+    of a list), keys_in (an object with no key outside a list)."""
     if kind == "exists":
         return actual is not None
     if kind == "not_exists":
@@ -356,7 +357,10 @@ def judge_assertion(kind, actual, expected=None):
         return isinstance(actual, str) and re.search(str(expected), actual) is not None
     if kind == "in":
         return actual in (expected or [])
-    raise RollbackError("unknown assertion %r; use exists, not_exists, equals, matches or in" % kind)
+    if kind == "keys_in":
+        # A policy-safe shape: an object whose every key is one of the expected (a denied answer that says no more).
+        return isinstance(actual, dict) and set(actual) <= set(expected or [])
+    raise RollbackError("unknown assertion %r; use exists, not_exists, equals, matches, in or keys_in" % kind)
 
 
 # --------------------------------------------------------------------------- policy invariants and logs

@@ -34,7 +34,7 @@ except ImportError as _exc:  # reported by the module with missing_required_lib
     JMESPATH_ERROR = _exc
 
 LOG_TAIL_BYTES = 16 << 20  # logs are read from their end: at most this much
-ASSERTION_KINDS = ("exists", "not_exists", "equals", "matches", "in")
+ASSERTION_KINDS = ("exists", "not_exists", "equals", "matches", "in", "keys_in")
 
 
 def rfc3339(moment):

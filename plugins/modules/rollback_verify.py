@@ -114,8 +114,8 @@ options:
   contracts:
     description:
       - HTTP probes - C(name), C(url), C(method) (GET), C(headers), C(body) (JSON), C(status) (an int or a list,
-        200), C(assertions) (a list of C({path, exists|not_exists|equals|matches|in}), C(path) being JMESPath on
-        the JSON body).
+        200), C(assertions) (a list of C({path, exists|not_exists|equals|matches|in|keys_in}), C(path) being
+        JMESPath on the JSON body; C(keys_in) passes for an object none of whose keys is outside the given list).
     type: list
     elements: dict
     default: []

@@ -141,3 +141,28 @@ def test_the_bundle_server_down_mid_apply_leaves_the_previous_bundle_and_a_faile
     assert receipt["outcome"] == "failed"
     assert "still reports revision %s" % pep.shas["v2.1"] in receipt["failure"]["message"]
     assert json.dumps(receipt).count(pep.shas["v2.0"]) >= 1  # the receipt names the target it could not activate
+
+
+def test_an_endpoint_outside_policy_and_a_denial_that_says_too_much_fail_the_verification(tmp_path, pep, world):
+    """The trust-membrane invariants on the running OPA: an endpoint answering without a policy result (a path no rule
+    defines: 200 and {}) bypasses evaluation; a denial whose body carries more than the policy-safe shape (OPA's
+    ?metrics=true adds its timers) is not policy-safe. The rollback itself went through; its verification fails,
+    and the receipt says which invariant."""
+    result = run(pep, world, tmp_path,
+                 pep_endpoints=[pep.url + "/v1/data/aureus/pii/allow", pep.url + "/v1/data/aureus/pii/no_such_rule"],
+                 denied_endpoint=pep.url + "/v1/data/aureus/pii/decision?metrics=true")
+    assert result.status == "failed", result.explain()
+    assert result.failed_tasks[-2:] == ["Assert the rollback is verified",
+                                        "Stop, escalate; do not attempt further rollbacks"]
+    assert pep.revision() == pep.shas["v2.0"]  # the change was made; what failed is its verification
+    probed = result.task_result("Ask every PEP endpoint, and the decision endpoint, the denied request")
+    answers = dict((a["name"], a) for a in probed["verification_details"]["contracts"])
+    assert answers[pep.url + "/v1/data/aureus/pii/allow"]["result"] == "pass"
+    assert answers[pep.url + "/v1/data/aureus/pii/no_such_rule"]["failed"] == ["result exists (got None)"]
+    assert any(f.startswith("@ keys_in") for f in answers["denied answer"]["failed"]), answers["denied answer"]
+    receipt = pb.ledger_entries(tmp_path / "ledger.jsonl")[-1]["receipt"]
+    assert receipt["outcome"] == "failed"
+    verification = receipt["verification"]
+    assert (verification["no_endpoint_bypasses_policy"], verification["denied_error_is_policy_safe"],
+            verification["policy_invariants"]) == ("fail", "fail", "fail"), verification
+    assert (verification["active_revision_is_target"], verification["probes_pass_on_pep"]) == ("pass", "pass")

@@ -163,6 +163,16 @@ def test_contract_and_assertions():
         an.judge_assertion("roughly", 1, 1)
 
 
+def test_keys_in_passes_an_object_that_says_nothing_beyond_the_listed_keys():
+    safe = ["result", "decision_id"]
+    assert an.judge_assertion("keys_in", {"result": {"allow": False}, "decision_id": "d1"}, safe)
+    assert an.judge_assertion("keys_in", {}, safe)
+    assert not an.judge_assertion("keys_in", {"result": False, "metrics": {"timer_ns": 1}}, safe)
+    # Not an object (an error text, a list, nothing answered): not a policy-safe shape either.
+    for actual in (None, "denied: dataset credit_risk exists", ["result"], False):
+        assert not an.judge_assertion("keys_in", actual, safe)
+
+
 def test_existence_leak_is_caught_and_indistinguishable_answers_pass():
     missing = {"status": 404, "body": {"error_code": "NOT_FOUND", "message": "not found", "audit_ref": "aud_1"}}
     same = {"status": 404, "body": {"error_code": "NOT_FOUND", "message": "not found", "audit_ref": "aud_2"}}
