@@ -110,6 +110,7 @@ SOURCE_TYPES = {
     "pg_table_counts": (("tables",), (), {}, True),
     "pg_migrations": ((), (), {"table": None, "limit": 1000}, True),
     "file": (("path",), (), {}, True),
+    "data": (("value",), (), {"filename": None}, True),
     "git_file": (("repo", "path"), (), {"ref": "HEAD"}, True),
     "http": (("url",), (), {"method": "GET", "headers": None, "timeout": 10, "validate_certs": True,
                             "body_bytes": 4096}, True),
@@ -206,6 +207,8 @@ def describe_source(source):
         return "migration table %s" % (source.get("table") or "(detected: %s)" % "/".join(_pg.MIGRATION_TABLES))
     if stype == "file":
         return "file %s" % source["path"]
+    if stype == "data":
+        return "data the playbook holds, as JSON (%s)" % _data_filename(source)
     if stype == "git_file":
         return "%s at %s in git repository %s" % (source["path"], source.get("ref"), source["repo"])
     if stype == "http":
@@ -1243,6 +1246,23 @@ def capture_file(ctx, source, writer):
     return {"lines": lines}
 
 
+def _data_filename(source):
+    return source.get("filename") or "%s.json" % source["name"]
+
+
+def capture_data(ctx, source, writer):
+    """Data the playbook already holds (a plan, a summary) written as indented JSON with sorted keys, line by line
+    through the same redaction as a file: no temporary file for the playbook to write, protect and remove."""
+    filename = _data_filename(source)
+    if os.path.basename(filename) != filename or filename in (".", ".."):
+        raise SourceError("filename %r of data source %s must be a plain file name, without a directory"
+                          % (filename, source["name"]))
+    text = json.dumps(source["value"], indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+    with writer.open(source, filename) as sink:
+        lines = write_redacted_lines(sink, iter(text.splitlines(True)), ctx.line_redactor())
+    return {"lines": lines}
+
+
 def _git(repo, *args):
     try:
         return _proc.run(["git", "-C", repo] + list(args), timeout=60)
@@ -1349,6 +1369,7 @@ CAPTURE_FUNCTIONS = {
     "pg_table_counts": capture_pg_table_counts,
     "pg_migrations": capture_pg_migrations,
     "file": capture_file,
+    "data": capture_data,
     "git_file": capture_git_file,
     "http": capture_http,
     "command": capture_command,

@@ -83,6 +83,8 @@ options:
             C(schema_migrations), C(alembic_version), C(flyway_schema_history), C(django_migrations),
             C(knex_migrations), C(goose_db_version) found).
           - C(file) - a local file (O(sources[].path)).
+          - C(data) - data the playbook holds (O(sources[].value), for example a registered plan), written as
+            indented JSON with sorted keys to O(sources[].filename) and redacted like a file.
           - C(git_file) - a file (O(sources[].path)) at a git ref (O(sources[].ref)) of a repository
             (O(sources[].repo)); the resolved commit is recorded.
           - C(http) - status, headers (credentials masked) and a body excerpt of O(sources[].url).
@@ -90,7 +92,7 @@ options:
         type: str
         required: true
         choices: [k8s_workload, k8s_pods, k8s_logs, k8s_configmap, k8s_secret, k8s_events, pg_schema, pg_row_counts,
-                  pg_table_counts, pg_migrations, file, git_file, http, command]
+                  pg_table_counts, pg_migrations, file, data, git_file, http, command]
       name:
         description: Unique name of the source; names its directory. Letters, digits, C(.), C(_), C(-).
         type: str
@@ -104,7 +106,7 @@ options:
       diff:
         description:
           - Whether finalize diffs this source's files. Defaults to true for objects and config
-            (C(k8s_workload), C(k8s_configmap), C(k8s_secret), C(pg_*), C(file), C(git_file), C(http),
+            (C(k8s_workload), C(k8s_configmap), C(k8s_secret), C(pg_*), C(file), C(data), C(git_file), C(http),
             C(command)) and false for pods, logs and events.
         type: bool
       namespace:
@@ -153,6 +155,12 @@ options:
         type: int
       path:
         description: File path (C(file)), or path inside the repository (C(git_file)).
+        type: str
+      value:
+        description: The data to write (C(data)), any JSON-serializable value.
+        type: raw
+      filename:
+        description: File name inside the source's directory (C(data)). Defaults to C(<name>.json).
         type: str
       repo:
         description: Path of the git repository (C(git_file)).
@@ -485,6 +493,8 @@ SOURCE_OPTIONS = dict(
     table=dict(type="str"),
     limit=dict(type="int"),
     path=dict(type="str"),
+    value=dict(type="raw"),
+    filename=dict(type="str"),
     repo=dict(type="path"),
     ref=dict(type="str"),
     url=dict(type="str"),

@@ -202,6 +202,31 @@ def test_file_and_command_sources_are_redacted_hashed_and_listed_in_the_manifest
         _redact.RULES_VERSION
 
 
+def test_a_data_source_writes_the_playbooks_value_as_json_redacted_like_a_file(tmp_path):
+    plan = {"to_ref": "4f1c2d9", "pull_request": {"url": "https://forge.example/pr/7"},
+            "diff": "-image: web:v2\n+image: web:v1\n+db.url=postgres://app:hunter22x@db/aureus\n"}
+    manifest = capture(tmp_path, "before", [
+        {"type": "data", "name": "plan", "value": plan},
+        {"type": "data", "name": "summary", "value": ["a", 1], "filename": "summary.txt"},
+    ])
+    assert manifest["status"] == "complete"
+    assert [f["path"] for f in manifest["files"]] == ["before/plan/plan.json", "before/summary/summary.txt"]
+    assert manifest["sources"][0]["captures"] == "data the playbook holds, as JSON (plan.json)"
+    body = (tmp_path / "evidence/rb-1/before/plan/plan.json").read_text()
+    assert "hunter22x" not in body and _redact.REDACTED in body
+    assert body.startswith("{\n  \"diff\": ") and '"to_ref": "4f1c2d9"' in body
+    assert json.loads((tmp_path / "evidence/rb-1/before/summary/summary.txt").read_text()) == ["a", 1]
+
+
+def test_a_data_source_needs_a_value_and_a_plain_file_name(tmp_path):
+    with pytest.raises(ev.EvidenceError, match="value"):
+        ev.normalize_sources([{"type": "data", "name": "plan"}])
+    manifest = capture(tmp_path, "before", [{"type": "data", "name": "plan", "value": {}, "filename": "../x.json"}])
+    (failed,) = manifest["failed_sources"]
+    assert failed["name"] == "plan" and "must be a plain file name" in failed["error"]
+    assert not (tmp_path / "evidence/rb-1/x.json").exists()
+
+
 def test_a_failed_source_is_recorded_and_the_others_still_captured(tmp_path):
     config = tmp_path / "app.properties"
     write_config(config, 1, 1)
