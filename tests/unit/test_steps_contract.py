@@ -44,14 +44,12 @@ def step_calls(tasks, inherited=None, where="", blocks=(), tasks_dir=None):
         scope = dict(inherited, **(task.get("vars") or {}))
         if any(section in task for section in SECTIONS):
             for section in SECTIONS:
-                for call in step_calls(task.get(section), scope, here + " " + section, blocks + (task,), tasks_dir):
-                    yield call
+                yield from step_calls(task.get(section), scope, here + " " + section, blocks + (task,), tasks_dir)
             continue
         for module in IMPORT_TASKS:
             if isinstance(task.get(module), str) and tasks_dir:
                 imported = _load(os.path.join(tasks_dir, task[module]))
-                for call in step_calls(imported, scope, "%s > %s" % (here, task[module]), blocks + (task,), tasks_dir):
-                    yield call
+                yield from step_calls(imported, scope, "%s > %s" % (here, task[module]), blocks + (task,), tasks_dir)
         for module in ROLE_CALLS:
             args = task.get(module)
             if isinstance(args, dict) and args.get("name") == STEPS:
@@ -79,9 +77,8 @@ def all_calls():
         tasks_dir = os.path.join(ROLES_DIR, role, "tasks")
         imported = imported_files(tasks_dir)
         for name in sorted(set(os.listdir(tasks_dir)) - imported):
-            for call in step_calls(_load(os.path.join(tasks_dir, name)), where="%s/%s" % (role, name),
-                                   tasks_dir=tasks_dir):
-                yield call
+            yield from step_calls(_load(os.path.join(tasks_dir, name)), where="%s/%s" % (role, name),
+                                  tasks_dir=tasks_dir)
 
 
 CALLS = list(all_calls())
