@@ -301,7 +301,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
 from ansible_collections.governed.rollback.plugins.module_utils import _argspec, _policy, _proc, _workload
 from ansible_collections.governed.rollback.plugins.module_utils._common import (
-    RollbackError, Refused, check_binding, fail_from_exception, json_sha256, sha256_hex, utc_stamp, utc_stamp_micro,
+    RollbackError, Refused, backoff_interval, check_binding, fail_from_exception, json_sha256, sha256_hex, utc_stamp,
+    utc_stamp_micro,
 )
 from ansible_collections.governed.rollback.plugins.module_utils._k8s import (
     FIELD_MANAGER, RESOURCE_PATHS, K8sError, KubeRest, build_api_client, require_k8s,
@@ -797,11 +798,12 @@ def verify_pep(params, probes, to_sha, result, outcome, published):
     """Wait until the running OPA reports the target revision, then ask it every probe."""
     if not params.get("opa_url"):
         return
-    deadline = time.monotonic() + (params["wait_timeout"] if params["wait"] else 0)
+    started = time.monotonic()
+    deadline = started + (params["wait_timeout"] if params["wait"] else 0)
     watch_revision = "bundle_server" in params["apply_to"]
     revision, activated_at, error = pep_revision(params["opa_url"], params["bundle_name"])
     while watch_revision and revision != to_sha and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(backoff_interval(time.monotonic() - started))
         revision, activated_at, error = pep_revision(params["opa_url"], params["bundle_name"])
     result["pep"] = {"revision": revision, "activated_at": activated_at if revision == to_sha else None,
                      "verified": False}
