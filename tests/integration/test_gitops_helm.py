@@ -31,11 +31,6 @@ BAD = "aureus/web@" + web_digest("v2.1.0")
 APPROVED = {"approved": True, "rule": "deployment_last", "approval_path": "auto_approval", "requested_by": "oncall"}
 
 
-@pytest.fixture(scope="module")
-def forge(sandbox_env):
-    return g.Forge(sandbox_env)
-
-
 @pytest.fixture
 def incident(forge, kubectl):
     g.reset()

@@ -24,11 +24,6 @@ Incident = functools.partial(g.Incident, playbook=PLAYBOOK, reason="aureus-api v
 
 
 @pytest.fixture(scope="module")
-def forge(sandbox_env):
-    return g.Forge(sandbox_env)
-
-
-@pytest.fixture(scope="module")
 def rolled_back(forge, tmp_path_factory):
     """One real rollback (with -v, for the canary search), then a second run of the same incident."""
     g.reset()

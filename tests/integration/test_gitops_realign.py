@@ -62,11 +62,6 @@ def realign_pulls(forge, incident_id):
 
 
 @pytest.fixture(scope="module")
-def forge(sandbox_env):
-    return g.Forge(sandbox_env)
-
-
-@pytest.fixture(scope="module")
 def world(forge, kubectl):
     """aureus-api on the bad release with the last good one in its history; put back through git afterwards."""
     g.reset()

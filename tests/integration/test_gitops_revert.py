@@ -14,11 +14,6 @@ from tests.integration import _playbook as pb
 MODULE = "governed.rollback.gitops_revert"
 
 
-@pytest.fixture(scope="module")
-def forge(sandbox_env):
-    return g.Forge(sandbox_env)
-
-
 @pytest.fixture
 def incident(forge, kubectl):
     g.reset()
