@@ -33,11 +33,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "build", "collections"))
 
-from deploy_rollback import PATCHED, Sandbox, patched_at, timed, variant_report  # noqa: E402  pylint: disable=wrong-import-position
-from tests.integration import _playbook as pb  # noqa: E402  pylint: disable=wrong-import-position
+from deploy_rollback import PATCHED, Sandbox, epoch, patched_at, run_playbook, succeeded_receipt, timed, variant_report  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration.test_rollback_config_playbook import GOOD, ConfigIncident  # noqa: E402  pylint: disable=wrong-import-position
 
-VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 MITIGATION = "time to mitigation (start -> stored)"
 
 
@@ -47,31 +45,12 @@ def backup_manifest(namespace):
 
 
 def governed(sandbox, namespace, work):
-    extravars = os.path.join(work, "vars.json")
-    with open(extravars, "w") as handle:
-        json.dump({"namespace": namespace, "config_name": "app-config", "config_kind": "ConfigMap",
-                   "evidence_dir": os.path.join(work, "evidence"),
-                   "receipt_ledger": os.path.join(work, "ledger.jsonl")}, handle)
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
-    started = time.time()
-    wall, proc = timed([os.path.join(VENV_BIN, "ansible-playbook"), "playbooks/rollback-config.yml",
-                        "-e", "@" + extravars], env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit("the playbook failed in %s:\n%s" % (namespace, proc.stdout[-3000:]))
-    (entry,) = pb.ledger_entries(os.path.join(work, "ledger.jsonl"))
-    receipt = entry["receipt"]
-    if receipt["outcome"] != "succeeded":
-        raise SystemExit("expected a succeeded receipt in %s, got %s" % (namespace, receipt))
+    ledger = os.path.join(work, "ledger.jsonl")
+    wall, started = run_playbook("playbooks/rollback-config.yml", {
+        "namespace": namespace, "config_name": "app-config", "config_kind": "ConfigMap",
+        "evidence_dir": os.path.join(work, "evidence"), "receipt_ledger": ledger}, work, "in %s" % namespace)
+    receipt = succeeded_receipt(ledger, "in %s" % namespace)
     return wall, epoch(receipt["details"]["reverted_at"]) - started
-
-
-def epoch(stamp):
-    """Seconds since the epoch of an RFC 3339 UTC stamp with microseconds."""
-    import datetime
-
-    moment = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()
 
 
 def kubectl_revert(sandbox, namespace, work):

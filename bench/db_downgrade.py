@@ -28,7 +28,6 @@ Usage: .venv/bin/python bench/db_downgrade.py [--runs 5] [--keep]
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -42,13 +41,11 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "build", "collections"))
 
 from db_rollback import admin, client_env, drop_like, pg_settings  # noqa: E402  pylint: disable=wrong-import-position
-from config_rollback import epoch  # noqa: E402  pylint: disable=wrong-import-position
-from deploy_rollback import PATCHED, patched_at, timed, variant_report  # noqa: E402  pylint: disable=wrong-import-position
+from deploy_rollback import PATCHED, epoch, patched_at, run_playbook, timed, variant_report  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration.test_pg_schema_downgrade import SANDBOX_MIGRATIONS, SANDBOX_VERSIONS, execute, sandbox_style  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration.test_rollback_db_playbook import Incident, versions  # noqa: E402  pylint: disable=wrong-import-position
 from tests.sandbox_env import load_sandbox_env  # noqa: E402  pylint: disable=wrong-import-position
 
-VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 MITIGATION = "time to mitigation (start -> committed)"
 PREFIX = "gr_bench_dg_"
 REVERTED = SANDBOX_VERSIONS[2]
@@ -56,17 +53,9 @@ REVERTED = SANDBOX_VERSIONS[2]
 
 def governed(pg, db, work):
     incident = Incident(pg, work, db)
-    extravars = os.path.join(work, "vars.json")
-    with open(extravars, "w") as handle:
-        json.dump({"database": db, "evidence_dir": incident.evidence_dir, "receipt_ledger": incident.ledger,
-                   "backup_dir": incident.backup_dir}, handle)
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
-    started = time.time()
-    wall, proc = timed([os.path.join(VENV_BIN, "ansible-playbook"), "playbooks/rollback-db.yml",
-                        "-e", "@" + extravars], env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit("the playbook failed on %s:\n%s" % (db, proc.stdout[-3000:]))
+    wall, started = run_playbook("playbooks/rollback-db.yml", {
+        "database": db, "evidence_dir": incident.evidence_dir, "receipt_ledger": incident.ledger,
+        "backup_dir": incident.backup_dir}, work, "on %s" % db)
     receipt = incident.receipt()
     if receipt["outcome"] != "succeeded" or receipt["migration_reverted"] != REVERTED:
         raise SystemExit("expected a succeeded receipt reverting %s on %s, got %s" % (REVERTED, db, receipt))

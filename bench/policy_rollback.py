@@ -33,7 +33,6 @@ Usage: .venv/bin/python bench/policy_rollback.py [--runs 5] [--keep]
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -46,13 +45,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "build", "collections"))
 
-from config_rollback import epoch  # noqa: E402  pylint: disable=wrong-import-position
-from deploy_rollback import Sandbox, timed, variant_report  # noqa: E402  pylint: disable=wrong-import-position
-from tests.integration import _playbook as pb  # noqa: E402  pylint: disable=wrong-import-position
+from deploy_rollback import Sandbox, epoch, run_playbook, succeeded_receipt, timed, variant_report  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration import _policy_env as env  # noqa: E402  pylint: disable=wrong-import-position
 from ansible_collections.governed.rollback.plugins.module_utils import _policy  # noqa: E402  pylint: disable=wrong-import-position
 
-VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 MITIGATION = "time to mitigation (start -> OPA active)"
 REASON = "New policy blocking analysts from routine low-PII queries"
 
@@ -66,25 +62,14 @@ def activated_at(pep):
 
 
 def governed(sandbox, pep, namespace, work):
-    extravars = os.path.join(work, "vars.json")
-    with open(extravars, "w") as handle:
-        json.dump({"namespace": namespace, "policy_repo": pep.repo, "bundle_server_dir": pep.server_dir,
-                   "opa_url": pep.url,
-                   "pep_endpoints": [pep.url + "/v1/data/aureus/pii/allow", pep.url + "/v1/data/aureus/pii/decision"],
-                   "denied_endpoint": pep.url + "/v1/data/aureus/pii/decision", "wait_timeout": 30,
-                   "evidence_dir": os.path.join(work, "evidence"), "receipt_ledger": os.path.join(work, "ledger.jsonl"),
-                   "reason": REASON, "incident_id": "INC-POLICY-7"}, handle)
-    env_vars = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-                    PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
-    started = time.time()
-    wall, proc = timed([os.path.join(VENV_BIN, "ansible-playbook"), "playbooks/rollback-policy.yml",
-                        "-e", "@" + extravars], env=env_vars, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit("the playbook failed in %s:\n%s" % (namespace, proc.stdout[-3000:]))
-    (entry,) = pb.ledger_entries(os.path.join(work, "ledger.jsonl"))
-    receipt = entry["receipt"]
-    if receipt["outcome"] != "succeeded":
-        raise SystemExit("expected a succeeded receipt in %s, got %s" % (namespace, receipt))
+    ledger = os.path.join(work, "ledger.jsonl")
+    wall, started = run_playbook("playbooks/rollback-policy.yml", {
+        "namespace": namespace, "policy_repo": pep.repo, "bundle_server_dir": pep.server_dir, "opa_url": pep.url,
+        "pep_endpoints": [pep.url + "/v1/data/aureus/pii/allow", pep.url + "/v1/data/aureus/pii/decision"],
+        "denied_endpoint": pep.url + "/v1/data/aureus/pii/decision", "wait_timeout": 30,
+        "evidence_dir": os.path.join(work, "evidence"), "receipt_ledger": ledger,
+        "reason": REASON, "incident_id": "INC-POLICY-7"}, work, "in %s" % namespace)
+    receipt = succeeded_receipt(ledger, "in %s" % namespace)
     active = activated_at(pep)
     if abs(epoch(receipt["details"]["activated_at"]) - active) > 1e-6:
         raise SystemExit("the receipt's activated_at %s is not OPA's activation of v2.0" % receipt["details"]["activated_at"])

@@ -18,8 +18,6 @@ Usage: .venv/bin/python bench/state_rollback.py [--runs 5]
 """
 
 import argparse
-import datetime
-import json
 import os
 import shutil
 import sys
@@ -31,18 +29,12 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "build", "collections"))
 
-from deploy_rollback import timed, variant_report  # noqa: E402  pylint: disable=wrong-import-position
-from tests.integration import _playbook as pb  # noqa: E402  pylint: disable=wrong-import-position
+from deploy_rollback import epoch, run_playbook, succeeded_receipt, timed, variant_report  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration.test_snapshot_rollback import GOOD, Guard, Pipeline, sha  # noqa: E402  pylint: disable=wrong-import-position
 from tests.sandbox_env import load_sandbox_env  # noqa: E402  pylint: disable=wrong-import-position
 
-VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 MITIGATION = "time to mitigation (start -> restored)"
 REASON = "Corrupted pipeline configuration"
-
-
-def epoch(stamp):
-    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def completed_at(guard, pipeline):
@@ -53,20 +45,11 @@ def completed_at(guard, pipeline):
 
 
 def governed(guard, pipeline, work):
-    extravars = os.path.join(work, "vars.json")
-    with open(extravars, "w") as handle:
-        json.dump({"target": pipeline.name, "evidence_dir": os.path.join(work, "evidence"),
-                   "receipt_ledger": os.path.join(work, "ledger.jsonl"), "reason": REASON}, handle)
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
-    started = time.time()
-    wall, proc = timed([os.path.join(VENV_BIN, "ansible-playbook"), "playbooks/rollback-state.yml",
-                        "-e", "@" + extravars], env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit("the playbook failed for %s:\n%s" % (pipeline.name, proc.stdout[-3000:]))
-    (entry,) = pb.ledger_entries(os.path.join(work, "ledger.jsonl"))
-    if entry["receipt"]["outcome"] != "succeeded":
-        raise SystemExit("expected a succeeded receipt for %s, got %s" % (pipeline.name, entry["receipt"]))
+    ledger = os.path.join(work, "ledger.jsonl")
+    wall, started = run_playbook("playbooks/rollback-state.yml", {
+        "target": pipeline.name, "evidence_dir": os.path.join(work, "evidence"), "receipt_ledger": ledger,
+        "reason": REASON}, work, "for %s" % pipeline.name)
+    succeeded_receipt(ledger, "for %s" % pipeline.name)
     return wall, completed_at(guard, pipeline) - started
 
 
