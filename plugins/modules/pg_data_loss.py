@@ -183,6 +183,7 @@ def main():
     result = {"changed": False, "database": params.get("db"), "kept_database": params["kept_db"], "tables": [],
               "rows_lost": 0, "rows_only_in_restored": 0, "tables_without_primary_key": [], "comparison": []}
     conns = []
+    error = None
     try:
         if params["sample_keys"] < 0 or params["itersize"] < 1:
             raise _common.RollbackError("sample_keys must be 0 or more and itersize 1 or more (got %s and %s)"
@@ -199,15 +200,15 @@ def main():
         result.update(_keymerge.summary(entries))
     except Exception as exc:  # pylint: disable=broad-except  # every failure ends through fail_from_exception
         driver_error = getattr(getattr(_pg, "psycopg2", None), "Error", ())
+        error = exc
         if not isinstance(exc, _common.RollbackError) and isinstance(exc, driver_error):
-            exc = _pg.PgError("reading the databases failed: %s" % str(exc).strip())
+            error = _pg.PgError("reading the databases failed: %s" % str(exc).strip())
+    finally:
         for conn in conns:
             conn.close()
         result["duration"] = round(time.monotonic() - started, 3)
-        _common.fail_from_exception(module, exc, **result)
-    for conn in conns:
-        conn.close()
-    result["duration"] = round(time.monotonic() - started, 3)
+    if error is not None:
+        _common.fail_from_exception(module, error, **result)
     module.exit_json(**result)
 
 
