@@ -175,6 +175,8 @@ receipt_fields:
   description:
     - The deployment's receipt fields (C(component), C(changed_surfaces), C(current_ref), C(rollback_target_ref),
       C(from_version), C(to_version), C(details)), for M(governed.rollback.rollback_receipt).
+    - After a stored rollback C(details) also holds C(rollout_seconds) and C(patch_accepted_at), the moment of
+      mitigation, as the other types' receipts hold theirs.
   returned: when a target was selected
   type: dict
 kind:
@@ -616,7 +618,10 @@ def main():
     except Exception as exc:  # pylint: disable=broad-except  # anything unforeseen still ends in fail_json
         fail_from_exception(module, exc, changed=False)
     if "receipt_fields" in outcome.result and not module.check_mode:
-        outcome.result["receipt_fields"]["details"]["rollout_seconds"] = outcome.result["wait"]["elapsed_seconds"]
+        details = outcome.result["receipt_fields"]["details"]
+        details["rollout_seconds"] = outcome.result["wait"]["elapsed_seconds"]
+        if "patch_accepted_at" in outcome.result:
+            details["patch_accepted_at"] = outcome.result["patch_accepted_at"]
     for warning in outcome.result["rollback_warnings"]:
         module.warn(warning)
     if outcome.failed_msg:

@@ -175,6 +175,11 @@ def test_rollback_to_revision_2_restores_v0_1_1_verified_evidenced_and_receipted
     assert receipt["approval"]["rule"] == "deployment_last" and receipt["approval"]["approved"] is True
     assert (receipt["from_version"], receipt["to_version"]) == ("aureus/frontend:v0.1.2", "aureus/frontend:v0.1.1")
     assert (receipt["details"]["from_revision"], receipt["details"]["to_revision"]) == (3, 2)
+    # The moment of mitigation (the patch accepted) lies between the run's start and its end.
+    mitigated = datetime.datetime.fromisoformat(receipt["details"]["patch_accepted_at"].replace("Z", "+00:00"))
+    started = datetime.datetime.fromisoformat(receipt["started_at"].replace("Z", "+00:00"))
+    completed = datetime.datetime.fromisoformat(receipt["completed_at"].replace("Z", "+00:00"))
+    assert started <= mitigated.replace(microsecond=0) <= completed, (started, mitigated, completed)
     assert (receipt["incident_id"], receipt["requested_by"]) == ("INC-12345", "oncall")
     assert receipt["signing"]["signed"] is True
     assert receipt["emergency"] is False
