@@ -75,17 +75,16 @@ _value:
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.governed.rollback.plugins.module_utils._analysis import FAIL, INCONCLUSIVE, PASS, overall
 
 NOT_RUN = "not_run"
-_SMOKE = {"passed": "pass", "failed": "fail"}
+_SMOKE = {"passed": PASS, "failed": FAIL}
 
 
 def worst(results):
-    """``fail`` over ``inconclusive`` over ``pass``; ``not_run`` when none of them is there."""
-    for result in ("fail", "inconclusive", "pass"):
-        if result in results:
-            return result
-    return NOT_RUN
+    """``fail`` over ``inconclusive`` over ``pass`` (rollback_verify's own ordering); ``not_run`` when none of them
+    is there."""
+    return overall([result for result in results if result in (PASS, FAIL, INCONCLUSIVE)]) or NOT_RUN
 
 
 def _true(value):
