@@ -16,26 +16,27 @@ if [ -z "${KUBECONFIG_PATH:-}" ]; then  # on its own
     KUBECTL=$K8S_BIN/kubectl
     export KUBECONFIG=$KUBECONFIG_PATH
 fi
-# ---- helm-controller (issue 17, the Helm values pin): start-if-missing, so it also joins a sandbox that is already
-# running (`sandbox/gitops.sh helm-controller`): the HelmRelease CRD applied server-side, then Flux's helm-controller
-# out of cluster like the other two, scoped to flux-system, unless its recorded PID is alive. It fetches charts from
-# source-controller's storage (HelmCharts packaged from the GitRepository).
 # A controller that starts before the API server serves its CRDs' group exits at once ("no matches for
 # helm.toolkit.fluxcd.io/v2"): wait until the applied CRDs are Established and their resources are listable.
 crds_served() {  # DIR of CRD manifests
     "$KUBECTL" --cache-dir "$STATE/kcache" wait --for condition=established --timeout=60s -f "$1" >/dev/null \
         || { echo "sandbox: the CRDs in $1 did not become Established" >&2; return 1; }
-    local resource
-    for resource in $("$KUBECTL" --cache-dir "$STATE/kcache" get -f "$1" -o jsonpath='{range .items[*]}{.metadata.name}{" "}{end}'); do
-        wait_for "CRD $resource" 60 "$KUBECTL" --cache-dir "$STATE/kcache" get "$resource" -A --request-timeout=5s
+    local crd crds
+    crds=$("$KUBECTL" --cache-dir "$STATE/kcache" get -f "$1" -o name)
+    for crd in $crds; do  # customresourcedefinition.apiextensions.k8s.io/<plural>.<group>
+        wait_for "CRD ${crd#*/}" 60 "$KUBECTL" --cache-dir "$STATE/kcache" get "${crd#*/}" -A --request-timeout=5s
     done
 }
 
+# ---- helm-controller (issue 17, the Helm values pin): start-if-missing, so it also joins a sandbox that is already
+# running (`sandbox/gitops.sh helm-controller`): the HelmRelease CRD applied server-side, then Flux's helm-controller
+# out of cluster like the other two, scoped to flux-system, unless its recorded PID is alive. It fetches charts from
+# source-controller's storage (HelmCharts packaged from the GitRepository).
 helm_controller_up() {
     [ -x "$FLUX_HELM_BIN/helm-controller" ] \
         || { echo "sandbox: $FLUX_HELM_BIN/helm-controller is not built; run sandbox/build.sh" >&2; return 1; }
     "$KUBECTL" --cache-dir "$STATE/kcache" apply --server-side -f "$FLUX_HELM_BIN/crds" >/dev/null
-    crds_served "$FLUX_HELM_BIN/crds"
+    crds_served "$FLUX_HELM_BIN/crds" || return 1
     local pidfile=$STATE/pids/helm-controller.pid health
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
         return 0
