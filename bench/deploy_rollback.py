@@ -140,7 +140,6 @@ def governed(sandbox, namespace, work, junit=False):
         "receipt_ledger": ledger}, work, "in %s" % namespace, args=EXTRA_ARGS, env=env)
     receipt = succeeded_receipt(ledger, "in %s" % namespace)
     split = task_split(env["JUNIT_OUTPUT_DIR"]) if junit else {}
-    split.pop("patch_accepted_at", None)
     split[MITIGATION] = epoch(receipt["details"]["patch_accepted_at"]) - started
     return wall, split
 
@@ -162,8 +161,6 @@ def task_split(junit_dir):
                 if phase in MODULE_TIMINGS:
                     out = case.find("system-out")
                     result = json.loads(out.text) if out is not None and out.text else {}
-                    if result.get("patch_accepted_at"):
-                        split["patch_accepted_at"] = result["patch_accepted_at"]
                     timings = result.get("timings") or {}
                     for key in ("read", "patch", "wait", "total"):
                         if key in timings:

@@ -148,6 +148,11 @@ def assert_refused_by_the_plan(incident, run, before, rollback_id, reason):
     return plan
 
 
+def utc_moment(stamp):
+    """An RFC 3339 UTC stamp of a receipt (``...Z``, with or without microseconds) as an aware datetime."""
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 def in_the_future(timestamp):
     moment = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
     return moment > datetime.datetime.now(datetime.timezone.utc)
@@ -176,9 +181,8 @@ def test_rollback_to_revision_2_restores_v0_1_1_verified_evidenced_and_receipted
     assert (receipt["from_version"], receipt["to_version"]) == ("aureus/frontend:v0.1.2", "aureus/frontend:v0.1.1")
     assert (receipt["details"]["from_revision"], receipt["details"]["to_revision"]) == (3, 2)
     # The moment of mitigation (the patch accepted) lies between the run's start and its end.
-    mitigated = datetime.datetime.fromisoformat(receipt["details"]["patch_accepted_at"].replace("Z", "+00:00"))
-    started = datetime.datetime.fromisoformat(receipt["started_at"].replace("Z", "+00:00"))
-    completed = datetime.datetime.fromisoformat(receipt["completed_at"].replace("Z", "+00:00"))
+    started, mitigated, completed = (utc_moment(s) for s in (
+        receipt["started_at"], receipt["details"]["patch_accepted_at"], receipt["completed_at"]))
     assert started <= mitigated.replace(microsecond=0) <= completed, (started, mitigated, completed)
     assert (receipt["incident_id"], receipt["requested_by"]) == ("INC-12345", "oncall")
     assert receipt["signing"]["signed"] is True
