@@ -18,13 +18,18 @@ if [ -z "${KUBECONFIG_PATH:-}" ]; then  # on its own
 fi
 # A controller that starts before the API server serves its CRDs' group exits at once ("no matches for
 # helm.toolkit.fluxcd.io/v2"): wait until the applied CRDs are Established and their resources are listable.
-crds_served() {  # DIR of CRD manifests
-    "$KUBECTL" --cache-dir "$STATE/kcache" wait --for condition=established --timeout=60s -f "$1" >/dev/null \
-        || { echo "sandbox: the CRDs in $1 did not become Established" >&2; return 1; }
+crd_served() {  # NAME: the CRD is Established and its resources can be listed
+    [ "$("$KUBECTL" --cache-dir "$STATE/kcache" get crd "$1" \
+        -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ] \
+        && "$KUBECTL" --cache-dir "$STATE/kcache" get "$1" -A --request-timeout=5s
+}
+# crds_served DIR: wait until every CRD in DIR is served. Polled rather than `kubectl wait --for condition=...`, which
+# fails at once on a CRD created a moment ago that has no .status.conditions yet.
+crds_served() {
     local crd crds
-    crds=$("$KUBECTL" --cache-dir "$STATE/kcache" get -f "$1" -o name)
+    crds=$("$KUBECTL" --cache-dir "$STATE/kcache" get -f "$1" -o name) || return 1
     for crd in $crds; do  # customresourcedefinition.apiextensions.k8s.io/<plural>.<group>
-        wait_for "CRD ${crd#*/}" 60 "$KUBECTL" --cache-dir "$STATE/kcache" get "${crd#*/}" -A --request-timeout=5s
+        wait_for "CRD ${crd#*/}" 60 crd_served "${crd#*/}"
     done
 }
 
