@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 
 from tests.integration import _playbook as pb
-from tests.sandbox_env import ROOT
+from tests.sandbox_env import ROOT, reseed
 from tests.sandbox_fixtures import get, wait_until
 
 NAMESPACE = "aureus"
@@ -34,8 +34,7 @@ BAD = "aureus/api@" + digest("v1.5.0")
 
 
 def reset():
-    subprocess.run([os.path.join(ROOT, "sandbox", "seed.sh"), "--reset", "gitops"], check=True,
-                   capture_output=True, text=True)
+    reseed("--reset", "gitops")
 
 
 class Forge:

@@ -11,7 +11,6 @@ shared-state files that run one after another (tests/conftest.py).
 
 import hashlib
 import os
-import subprocess
 import uuid
 
 import pytest
@@ -19,7 +18,7 @@ import pytest
 from ansible_collections.governed.rollback.plugins.module_utils import _ledger_pg
 from tests.integration import _playbook as pb
 from tests.integration import test_fleet_backends_playbook as deploy_test
-from tests.sandbox_env import ROOT
+from tests.sandbox_env import reseed
 
 fleet = deploy_test.fleet  # the sandbox's PostgreSQL ledger database and S3 store, with their credentials
 pg_sql = deploy_test.pg_sql
@@ -36,8 +35,7 @@ TYPES = [
 
 
 def seed_reset(sandbox_env):
-    subprocess.run([os.path.join(ROOT, "sandbox", "seed.sh"), "--reset"], check=True, capture_output=True,
-                   env=dict(os.environ, **sandbox_env))
+    reseed("--reset", env=dict(os.environ, **sandbox_env))
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,10 @@ import pytest
 from tests.integration import _playbook as pb
 from tests.integration.test_pg_schema_downgrade import SANDBOX_VERSIONS, connect, execute, fingerprint, opened, \
     sandbox_style, superuser
-from tests.sandbox_env import ROOT
+from tests.sandbox_env import ROOT, reseed
 
 ROLLBACK = "playbooks/rollback-db.yml"
 RESTORE = "playbooks/restore-db.yml"
-SEED = os.path.join(ROOT, "sandbox", "seed.sh")
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +181,7 @@ def test_rollback_db_with_the_inventory_defaults_rolls_aureus_metadata_back(pg, 
         assert len(incident.receipts()) == 1
         incident.no_password_anywhere()
     finally:
-        subprocess.run([SEED, "--reset", "database"], check=True, capture_output=True)
+        reseed("--reset", "database")
     assert versions(pg, "aureus_metadata") == SANDBOX_VERSIONS
 
 

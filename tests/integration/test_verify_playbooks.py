@@ -13,7 +13,6 @@ shared sandbox: the molecule drills and the incident reset put it back.
 
 import json
 import os
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -23,7 +22,7 @@ import yaml
 
 from tests.integration import _gitops as g
 from tests.integration import _playbook as pb
-from tests.sandbox_env import ROOT
+from tests.sandbox_env import ROOT, reseed
 
 SPECS = os.path.join(ROOT, "inventories", "sandbox", "group_vars", "all", "verify.yml")
 
@@ -96,8 +95,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(sandbox_env, tmp_path_factory):
-    subprocess.run([os.path.join(ROOT, "sandbox", "seed.sh"), "--reset"], check=True, capture_output=True,
-                   env=dict(os.environ, **sandbox_env))
+    reseed("--reset", env=dict(os.environ, **sandbox_env))
     return World(sandbox_env, tmp_path_factory.mktemp("verify-world"))
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +20,7 @@ import psycopg2
 import pytest
 import yaml
 
-from tests.sandbox_env import ROOT
+from tests.sandbox_env import ROOT, reseed
 from tests.sandbox_fixtures import wait_until
 
 pytestmark = pytest.mark.sandbox
@@ -132,10 +131,7 @@ def load_seed_guard():
 
 def reset_incident():
     """Run `sandbox/seed.sh --reset guard`: the Guard back in its incident state."""
-    result = subprocess.run([os.path.join(ROOT, "sandbox", "seed.sh"), "--reset", "guard"], capture_output=True, text=True,
-                            check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
+    return reseed("--reset", "guard")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import uuid
 import psycopg2
 import pytest
 
-from tests.sandbox_env import ROOT
+from tests.sandbox_env import ROOT, reseed
 
 pytestmark = pytest.mark.sandbox
 
@@ -77,7 +77,7 @@ def test_chaos_label_makes_a_rollout_fail(kubectl, namespace):
 
 def test_seeded_frontend_has_the_runbook_history(kubectl):
     # Drills roll aureus-frontend back; the reset puts the runbook's incident state back first.
-    subprocess.run([os.path.join(ROOT, "sandbox", "seed.sh"), "--reset"], check=True, capture_output=True)
+    reseed("--reset")
     out = kubectl("-n", "aureus", "rollout", "history", "deployment/aureus-frontend").stdout
     assert "Initial deployment" in out and "Update to v0.1.1" in out and "Update to v0.1.2" in out
 
