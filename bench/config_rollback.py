@@ -142,7 +142,8 @@ def main():
         for namespace in namespaces:
             sandbox.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     variant_report("configuration rollback (ConfigMap, 2 consumers' pods restarted)", VARIANTS, walls, mitigations,
-                   MITIGATION, (load_before, os.getloadavg()[0]))
+                   MITIGATION, (load_before, os.getloadavg()[0]),
+                   "Revert the config, restart its consumers and wait for them")
 
 
 if __name__ == "__main__":

@@ -158,7 +158,8 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
             drop_like(pg, prefix)
     variant_report("database schema downgrade v0.1.2 -> v0.1.1 (incident database, drops pii_access_tracking)",
-                   VARIANTS, walls, mitigations, MITIGATION, (load_before, os.getloadavg()[0]))
+                   VARIANTS, walls, mitigations, MITIGATION, (load_before, os.getloadavg()[0]),
+                   "then downgrade in one transaction")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -111,7 +112,71 @@ def run_playbook(playbook, variables, work, where, env=None, args=()):
                        env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit("the playbook failed %s:\n%s" % (where, proc.stdout[-3000:]))
+    TASKS_RUN.append(task_banners(proc.stdout))
     return wall, started
+
+
+# The tasks of every playbook run above, in the order they started, for Ansible's floor (ansible_floor).
+TASKS_RUN = []
+
+
+def task_banners(stdout):
+    """The names of the tasks a run started, from the default callback's banners (skipped tasks and includes have
+    one too, and each is a worker the strategy forked)."""
+    return re.findall(r"^TASK \[(.*)\] \*+$", stdout, re.MULTILINE)
+
+
+FLOOR_MARK = "FLOOR_AT"
+
+
+def ansible_floor(tasks, mitigating, runs):
+    """Ansible's own cost of a playbook of ``tasks`` tasks on this machine: the same number of tasks that do nothing
+    (a set_fact of a constant, one forked worker each, as every task of the governed playbook), run with the same
+    configuration and inventory. Also the moment its task number ``mitigating`` + 1 starts, where the governed run's
+    mitigating task starts. Returns the medians over ``runs`` runs: (whole, to that task) in seconds."""
+    lines = ["---", "- name: Ansible's floor", "  hosts: localhost", "  gather_facts: false", "  tasks:"]
+    for number in range(tasks):
+        if number == mitigating:
+            lines += ["    - name: Mark the moment the mitigating task starts", "      ansible.builtin.debug:",
+                      "        msg: \"%s {{ now().timestamp() }}\"" % FLOOR_MARK]
+        else:
+            lines += ["    - name: Do nothing %d" % number, "      ansible.builtin.set_fact:",
+                      "        floor_%d: %d" % (number, number)]
+    work = tempfile.mkdtemp(prefix="bench-floor-", dir=os.path.join(ROOT, "build"))
+    try:
+        playbook = os.path.join(work, "floor.yml")
+        with open(playbook, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                   PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
+        walls, marks = [], []
+        for _run in range(runs):
+            started = time.time()
+            wall, proc = timed([os.path.join(VENV_BIN, "ansible-playbook"), playbook], env=env, cwd=ROOT)
+            if proc.returncode != 0:
+                raise SystemExit("the floor playbook failed:\n%s" % proc.stdout[-3000:])
+            walls.append(wall)
+            marks.append(float(re.search(FLOOR_MARK + r" ([0-9.]+)", proc.stdout).group(1)) - started)
+        return statistics.median(walls), statistics.median(marks)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def floor_report(variants, walls, mitigations, mitigating_task):
+    """Ansible's floor for the governed runs (as many do-nothing tasks, the mitigating one at the same place), and
+    what the governed run spends above it: the roles' work, templating and module imports."""
+    runs = [tasks for tasks in TASKS_RUN if any(mitigating_task in name for name in tasks)]
+    if not runs:
+        raise SystemExit("no governed run started a task named like %r" % mitigating_task)
+    counts = statistics.median_low(len(tasks) for tasks in runs)
+    tasks = next(tasks for tasks in runs if len(tasks) == counts)
+    mitigating = [number for number, name in enumerate(tasks) if mitigating_task in name][0]
+    whole, to_task = ansible_floor(len(tasks), mitigating, len(walls[variants[0][0]]))
+    a = statistics.median(walls[variants[0][0]])
+    pa = statistics.median(mitigations[variants[0][0]])
+    print("  %-38s %9.2f   to task %d of %d: %.2f"
+          % ("Ansible's floor (same no. of no-ops)", whole, mitigating + 1, len(tasks), to_task))
+    print("  %-38s %9.2f   to mitigation: %.2f" % ("(a) above the floor", a - whole, pa - to_task))
 
 
 def succeeded_receipt(ledger, where):
@@ -329,9 +394,11 @@ def issue14_goals(variants, walls, mitigations):
     return a, b, c
 
 
-def variant_report(title, variants, walls, mitigations, mitigation_label, load):
-    """The table of a three-variant bench with each variant's time to mitigation, then issue 14's goals."""
+def variant_report(title, variants, walls, mitigations, mitigation_label, load, mitigating_task):
+    """The table of a three-variant bench with each variant's time to mitigation, Ansible's floor for the governed
+    playbook (``mitigating_task``: part of the name of the task that mitigates), then issue 14's goals."""
     variant_table(title, variants, walls, mitigations, mitigation_label, load)
+    floor_report(variants, walls, mitigations, mitigating_task)
     issue14_goals(variants, walls, mitigations)
 
 
@@ -353,6 +420,7 @@ def report(walls, mitigations, splits, opts, load):
     other = statistics.median(s["tasks total"] - sum(s[p] for p, _x in PHASES) for s in splits)
     print("  %-38s %9.2f" % ("other tasks (set_fact, includes, debug)", other))
     print("  %-38s %9.2f" % ("ansible outside tasks (start-up, parse)", overhead))
+    floor_report(VARIANTS, walls, mitigations, "Roll back and wait for the rollout")
     # Issue 14's goals (the same run, medians), then issue 5's.
     a, b, c = issue14_goals(VARIANTS, walls, mitigations)
     goal("(a) whole run <= (c) / 2 (issue 5)", a, c / 2.0)

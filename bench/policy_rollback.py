@@ -204,7 +204,8 @@ def main():
             for namespace in namespaces:
                 sandbox.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     variant_report("policy rollback v2.1 -> v2.0 (bundle server + ConfigMap, PEP restarted; OPA polls every 1 s)",
-                   VARIANTS, walls, mitigations, MITIGATION, (load_before, os.getloadavg()[0]))
+                   VARIANTS, walls, mitigations, MITIGATION, (load_before, os.getloadavg()[0]),
+                   "Publish the target bundle")
 
 
 if __name__ == "__main__":

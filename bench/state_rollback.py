@@ -124,7 +124,8 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     variant_report("application state rollback (AUREUS Guard snapshot restore, 6 items)", VARIANTS, walls,
-                   mitigations, MITIGATION, (load_before, os.getloadavg()[0]))
+                   mitigations, MITIGATION, (load_before, os.getloadavg()[0]),
+                   "Restore the snapshot and wait for the operation")
 
 
 if __name__ == "__main__":
