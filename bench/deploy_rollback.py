@@ -101,14 +101,19 @@ def timed(argv, env=None, cwd=None):
     return time.monotonic() - started, proc
 
 
+def ansible_env(extra=None):
+    """The environment the benches run ansible-playbook in: this checkout's ansible.cfg and venv, plus ``extra``."""
+    return dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""), **(extra or {}))
+
+
 def run_playbook(playbook, variables, work, where, env=None, args=()):
     """Run ``playbook`` the way an operator does (its variables from a file, ``-e @vars.json``) and time it from the
     process's start; a failed run ends the bench with its output. Returns (wall seconds, start as epoch seconds)."""
     extravars = os.path.join(work, "vars.json")
     with open(extravars, "w") as handle:
         json.dump(variables, handle)
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""), **(env or {}))
+    env = ansible_env(env)
     started = time.time()
     wall, proc = timed([os.path.join(VENV_BIN, "ansible-playbook"), playbook, "-e", "@" + extravars] + list(args),
                        env=env, cwd=ROOT)
@@ -149,8 +154,7 @@ def ansible_floor(tasks, mitigating, runs):
         playbook = os.path.join(work, "floor.yml")
         with open(playbook, "w") as handle:
             handle.write("\n".join(lines) + "\n")
-        env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-                   PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
+        env = ansible_env()
         walls, marks = [], []
         for _run in range(runs):
             started = time.time()
