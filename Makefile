@@ -50,7 +50,10 @@ $(COLL_LINK):
 	mkdir -p $(dir $(COLL_LINK))
 	ln -sfn ../../../.. $(COLL_LINK)
 
+# The collection's Python compiled once, so the controller loads its bytecode instead of compiling the source on
+# every run (plugins/plugin_utils/_in_process.py); a file edited later is compiled from source until the next make.
 collection: venv $(COLL_LINK)
+	$(BIN)/python -m compileall -q plugins
 
 sandbox-build:
 	sandbox/build.sh

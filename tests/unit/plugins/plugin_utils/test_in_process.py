@@ -1,9 +1,14 @@
 """The in-process module runner's plain parts: which module an action stands for, when the controller's Python
-counts as the host's, and a module's main() run as AnsiballZ would run it (arguments validated by AnsibleModule,
-no_log values masked, the printed result and exit code returned)."""
+counts as the host's, a module's main() run as AnsiballZ would run it (arguments validated by AnsibleModule,
+no_log values masked, the printed result and exit code returned), and the bytecode cache for the collection's own
+modules and module_utils."""
 
+import compileall
+import importlib.machinery
+import importlib.util
 import json
 import os
+import subprocess
 import sys
 import types
 
@@ -109,3 +114,100 @@ def test_every_module_has_its_in_process_action_plugin():
     for name in modules:
         action = importlib.import_module("ansible_collections.governed.rollback.plugins.action." + name)
         assert issubclass(action.ActionModule, _in_process.InProcessModuleAction), name
+
+
+# The bytecode cache for the collection's own code: Python's source loader, the file ansible-core's loader would
+# import, and no other name.
+UTILS = "ansible_collections.governed.rollback.plugins.module_utils"
+
+
+def _source(directory, name, text):
+    path = directory / (name + ".py")
+    path.write_text(text)
+    return path
+
+
+def _load(spec):
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_collections_module_utils_load_through_pythons_source_loader_and_its_bytecode(tmp_path):
+    source = _source(tmp_path, "_cached", "VALUE = 'compiled'\n")
+    assert compileall.compile_file(str(source), quiet=2)
+    stat = source.stat()
+    # The same size and time with other text: only a loader that reads the compiled file still says 'compiled'.
+    source.write_text("VALUE = 'source!!'\n")
+    os.utime(str(source), ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    spec = _in_process.BytecodeCachingFinder().find_spec(UTILS + "._cached", [str(tmp_path)])
+
+    assert isinstance(spec.loader, importlib.machinery.SourceFileLoader)
+    assert spec.origin == str(source) and os.path.isfile(spec.cached)
+    assert _load(spec).VALUE == "compiled"
+
+
+def test_an_edited_file_is_imported_from_its_source_not_from_stale_bytecode(tmp_path):
+    source = _source(tmp_path, "_edited", "VALUE = 1\n")
+    assert compileall.compile_file(str(source), quiet=2)
+    source.write_text("VALUE = 'edited since'\n")
+
+    spec = _in_process.BytecodeCachingFinder().find_spec(UTILS + "._edited", [str(tmp_path)])
+
+    assert _load(spec).VALUE == "edited since"
+
+
+@pytest.mark.parametrize("fullname", [
+    "ansible_collections.governed.rollback.plugins.action._leaf",      # action plugins: ansible's plugin loader
+    "ansible_collections.other.collection.plugins.module_utils._leaf",  # another collection
+    "ansible_collections.governed.rollback.plugins.module_utils",       # the package itself
+    "_leaf",
+])
+def test_other_names_are_left_to_ansibles_loader(tmp_path, fullname):
+    _source(tmp_path, "_leaf", "VALUE = 1\n")
+    (tmp_path / "module_utils.py").write_text("")
+
+    assert _in_process.BytecodeCachingFinder().find_spec(fullname, [str(tmp_path)]) is None
+
+
+def test_a_name_without_a_file_or_without_a_package_path_is_not_found(tmp_path):
+    finder = _in_process.BytecodeCachingFinder()
+    assert finder.find_spec(UTILS + "._missing", [str(tmp_path)]) is None
+    assert finder.find_spec(UTILS + "._missing", None) is None
+
+
+def test_the_finder_goes_first_and_only_once():
+    ansible_finder = object()
+    meta_path = [ansible_finder]
+
+    _in_process.install_bytecode_cache(meta_path)
+    _in_process.install_bytecode_cache(meta_path)
+
+    assert len(meta_path) == 2 and isinstance(meta_path[0], _in_process.BytecodeCachingFinder)
+    assert meta_path[1] is ansible_finder
+
+
+def test_the_controller_imports_the_collections_modules_from_bytecode(tmp_path):
+    """The real collection, loaded as the controller loads it: ansible-core's collection finder, then an action
+    plugin's preload; the modules and module_utils it pulls in come through the source loader."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+    collections = os.path.join(root, "build", "collections")
+    script = tmp_path / "controller.py"
+    script.write_text(
+        "import json, sys\n"
+        "from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder\n"
+        "_AnsibleCollectionFinder(paths=[%r])._install()\n"
+        "import importlib\n"
+        "importlib.import_module('ansible_collections.governed.rollback.plugins.action.rollout_undo')\n"
+        "print(json.dumps(dict((n, type(m.__loader__).__name__) for n, m in sys.modules.items()\n"
+        "      if n.startswith('ansible_collections.governed.rollback.plugins.module'))))\n" % collections)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False,
+                          env=dict(os.environ, PYTHONPATH=""))
+    assert proc.returncode == 0, proc.stderr
+    loaders = json.loads(proc.stdout)
+
+    assert loaders["ansible_collections.governed.rollback.plugins.modules.rollout_undo"] == "SourceFileLoader"
+    assert loaders["ansible_collections.governed.rollback.plugins.module_utils._rollout"] == "SourceFileLoader"
+    leaves = [n for n in loaders if n.count(".") == 5]
+    assert len(leaves) > 5 and all(loaders[n] == "SourceFileLoader" for n in leaves), loaders
