@@ -456,6 +456,25 @@ def test_rollback_whose_health_endpoint_fails_is_receipted_failed_with_the_check
     assert receipt["evidence"]["archive_sha256"] == sha256_file(receipt["evidence"]["archive"])
 
 
+def test_a_failing_smoke_check_fails_the_rollback_while_the_health_check_it_follows_passes(incident, sandbox_env):
+    """The health endpoint and the smoke URLs are checked by one task; each is recorded as itself."""
+    pb.frontend_with_history(incident.kubectl, incident.namespace)
+    opa = sandbox_env["SANDBOX_OPA_URL"]
+
+    run = incident.run(target_rev=2, rollback_id="rollback-smoke-fails", health_url=opa + "/health",
+                       smoke_urls=[{"url": opa + "/health"}, {"url": opa + "/nope"}],
+                       deployment_rollback_http_retries=1, deployment_rollback_http_delay=1)
+
+    assert run.status == "failed" and run.count("failures") == 1
+    assert run.failed_tasks[-2:] == ["Assert the rollback is verified", "Stop, escalate; do not attempt further rollbacks"]
+    checked = run.task_result("Check the health endpoint answers 2xx and run the smoke checks")["results"]
+    assert [(r["item"]["url"], r.get("status")) for r in checked] == [
+        (opa + "/health", 200), (opa + "/health", 200), (opa + "/nope", 404)]
+    verification = incident.receipt("rollback-smoke-fails")["verification"]
+    assert (verification["health_check"], verification["smoke_tests"]) == ("passed", "failed")
+    assert (verification["rollout_complete"], verification["pods_on_target_images"]) == ("pass", "pass")
+
+
 def test_rollback_of_a_paused_deployment_is_refused_and_changes_nothing(incident):
     pb.frontend_with_history(incident.kubectl, incident.namespace)
     incident.kubectl("rollout", "pause", "deployment/" + NAME, "-n", incident.namespace)

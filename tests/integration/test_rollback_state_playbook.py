@@ -127,7 +127,8 @@ def test_running_it_again_changes_nothing_and_writes_no_receipt(restored):
     assert again.status == "successful", again.explain()
     assert incident.state()["sha256"] == sha(good) and len(incident.operations()) == 1
     assert len(incident.receipts()) == 1
-    assert "already has the content of snapshot" in again.task_result("Say why nothing was done")["msg"]
+    assert again.task_result("Summary")["msg"][-1].startswith("Nothing to roll back: ")
+    assert "already has the content of snapshot" in again.task_result("Summary")["msg"][-1]
 
 
 def test_no_token_or_secret_reaches_evidence_ledger_or_v_output(restored):
