@@ -57,7 +57,7 @@ PHASES = (
     ("receipt draft (checked before change)", "Write the rollback receipt to the ledger (draft"),
     ("evidence before", "Capture the evidence of phase before"),
     ("rollout_undo + wait", "Roll back and wait"),
-    ("verification", ("Evaluate the rollout", "Check the health", "Record the type's checks",
+    ("verification", ("Evaluate the rollout", "Record the type's checks",
                       "Assert the rollback", "Measure the verification")),
     ("evidence after + archive", "Capture the evidence of phase after"),
     ("signed receipt + ledger", "Write the rollback receipt to the ledger"),

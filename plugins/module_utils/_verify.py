@@ -65,8 +65,10 @@ class Http(object):
         self.validate_certs = params.get("validate_certs", True)
         self.ca_path = params.get("ca_path")
 
-    def request(self, url, method="GET", headers=None, body=None):
-        """(status, decoded JSON or text or None, error text or None); never raises for HTTP or transport errors."""
+    def request(self, url, method="GET", headers=None, body=None, follow_redirects="none"):
+        """(status, decoded JSON or text or None, error text or None); never raises for HTTP or transport errors.
+        Probes see the answer itself (no redirect followed); health and smoke checks follow safe redirects, as the
+        uri module does."""
         data = None
         headers = dict(headers or {})
         if body is not None:
@@ -74,7 +76,7 @@ class Http(object):
             headers.setdefault("Content-Type", "application/json")
         try:
             response = open_url(url, method=method, data=data, headers=headers, timeout=self.timeout,
-                                validate_certs=self.validate_certs, ca_path=self.ca_path, follow_redirects="none")
+                                validate_certs=self.validate_certs, ca_path=self.ca_path, follow_redirects=follow_redirects)
             status, raw = response.getcode(), response.read()
         except HTTPError as error:
             status, raw = error.code, error.read() if hasattr(error, "read") else b""
@@ -205,6 +207,52 @@ def run_contracts(http, contracts):
                                            check_assertions(name, spec.get("assertions"), body))
         entries.append({"name": name, "url": spec["url"], "status": status, "result": result, "failed": failed})
     return entries, raws
+
+
+# The runbooks' health check: the endpoint answers 2xx (the codes a health endpoint answers with a body or none).
+HEALTH_STATUS = (200, 201, 202, 203, 204)
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+
+
+def _check_until_expected(http, url, method, body, expected, retries, delay, sleep):
+    """One health or smoke check: the request repeated up to ``retries`` more times, ``delay`` seconds apart, until
+    the answer has one of the ``expected`` statuses (an Ansible task's until/retries/delay)."""
+    attempts = 0
+    while True:
+        attempts += 1
+        status, _body, error = http.request(url, method, None, body, follow_redirects="safe")
+        if error is None and status in expected:
+            return {"url": url, "method": method, "status": status, "attempts": attempts, "result": PASSED,
+                    "error": None}
+        if attempts > retries:
+            return {"url": url, "method": method, "status": status, "attempts": attempts, "result": FAILED,
+                    "error": error or "status %s, expected %s" % (status, ", ".join(str(s) for s in expected))}
+        sleep(delay)
+
+
+def run_http_checks(http, health_url=None, smoke=None, retries=0, delay=1.0, sleep=time.sleep):
+    """The runbooks' health and smoke checks, in that order: the health endpoint answers 2xx (200-204), and each
+    smoke URL (C(url), C(method) GET, C(body) sent as JSON, C(status) 200 or a list) answers as expected; each one
+    retried up to ``retries`` times ``delay`` seconds apart. Returns {health_check, smoke_tests: passed, failed or
+    skipped; health: the check or None; smoke: [checks]}."""
+    retries, delay = max(0, int(retries or 0)), max(0.0, float(delay or 0))
+    smoke = list(smoke or [])
+    for index, spec in enumerate(smoke):
+        if not isinstance(spec, dict) or not spec.get("url"):
+            raise RollbackError("smoke[%d] needs a url (a mapping with url, and optionally method, body, status); "
+                                "nothing was checked" % index)
+    expected = [_expected_status(spec.get("status")) for spec in smoke]
+    health = None
+    if health_url:
+        health = _check_until_expected(http, health_url, "GET", None, list(HEALTH_STATUS), retries, delay, sleep)
+    checks = [_check_until_expected(http, spec["url"], (spec.get("method") or "GET").upper(), spec.get("body"),
+                                    statuses, retries, delay, sleep) for spec, statuses in zip(smoke, expected)]
+    return {
+        "health_check": SKIPPED if health is None else health["result"],
+        "smoke_tests": SKIPPED if not checks else (FAILED if any(c["result"] == FAILED for c in checks) else PASSED),
+        "health": health,
+        "smoke": checks,
+    }
 
 
 def read_log_lines(path):

@@ -37,6 +37,11 @@ description:
     same status with the same body shape, C(error_code) and message (no existence leak, 403 vs 404).
   - B(Logs clean) - error-level lines of the workload's JSON-lines log in the C(window) of O(logs) after the rollback,
     against the same window before O(since) - at most C(max_ratio) times as many plus C(max_increase).
+  - B(Health and smoke) - the runbooks' own checks, O(health_url) answering 2xx and each of O(smoke) answering its
+    status, each retried O(http_retries) times O(http_delay) seconds apart (as an Ansible task's C(until)); their
+    results are RV(http_checks), kept apart from the measured checks (the receipt records them as C(health_check) and
+    C(smoke_tests)). They run in the module, not as C(ansible.builtin.uri) processes - one per URL - that cost about
+    half a second each on a small controller.
   - Every check is C(pass), C(fail) or C(inconclusive), with its values. The checklist fails closed - only pass
     counts, unless O(accept_inconclusive) is set. Raw answers (every Prometheus response, probe and decision found)
     go to O(raw_output) for the evidence pack.
@@ -147,6 +152,27 @@ options:
   raw_output:
     description: JSON file to write every raw answer to (the evidence pack's copy). Its directory must exist.
     type: path
+  health_url:
+    description:
+      - The runbooks' health check - this URL must answer C(GET) with a 2xx status (200-204), within
+        O(http_retries) retries O(http_delay) seconds apart. Checked before the smoke URLs.
+      - Its result is RV(http_checks.health_check); a failed health check fails the checklist.
+    type: str
+  smoke:
+    description:
+      - The runbooks' smoke checks - C(url), C(method) (C(GET)), C(body) (sent as JSON) and C(status) (an int or a
+        list, C(200)) - each retried like O(health_url).
+    type: list
+    elements: dict
+    default: []
+  http_retries:
+    description: How many times a health or smoke check is repeated after its first attempt until it answers as expected.
+    type: int
+    default: 0
+  http_delay:
+    description: Seconds between the attempts of a health or smoke check.
+    type: float
+    default: 1
   fail_on_unverified:
     description:
       - Fail the task when the checklist does not pass. The shared steps role sets it to false, records the results
@@ -209,6 +235,15 @@ EXAMPLES = r"""
       window: 5m
     since: "{{ rollback_started_at }}"
   register: verified
+
+- name: The runbooks' health and smoke checks alone, each retried 5 times 2 seconds apart
+  governed.rollback.rollback_verify:
+    health_url: https://aureus.example.com/health
+    smoke:
+      - url: https://aureus.example.com/api/v1/status
+      - {url: https://aureus.example.com/api/v1/search, method: POST, body: {q: smoke}, status: [200, 204]}
+    http_retries: 5
+    http_delay: 2
 """
 
 RETURN = r"""
@@ -240,8 +275,36 @@ msg:
   description: A one-line summary.
   returned: always
   type: str
+http_checks:
+  description:
+    - The health and smoke checks - C(health_check) and C(smoke_tests) (C(passed), C(failed), or C(skipped) when
+      not asked for), C(health) (the check, or null) and C(smoke) (one per URL) - each C(url), C(method),
+      C(status) (the last answer's, null when none came), C(attempts), C(result) and C(error).
+  returned: always
+  type: dict
+  contains:
+    health_check:
+      description: C(passed), C(failed), or C(skipped) when O(health_url) is not set.
+      type: str
+    smoke_tests:
+      description: C(passed) when every smoke check passed, C(failed), or C(skipped) when O(smoke) is empty.
+      type: str
+    health:
+      description: The health check (C(url), C(method), C(status), C(attempts), C(result), C(error)), or null.
+      type: dict
+    smoke:
+      description: One check per smoke URL, in the order given.
+      type: list
+      elements: dict
+  sample:
+    health_check: passed
+    smoke_tests: failed
+    health: {url: https://aureus.example.com/health, method: GET, status: 200, attempts: 1, result: passed, error: null}
+    smoke:
+      - {url: https://aureus.example.com/api/v1/status, method: GET, status: 503, attempts: 6, result: failed,
+         error: "status 503, expected 200"}
 timings:
-  description: Seconds spent on metrics, contracts, policy invariants, logs and in total.
+  description: Seconds spent on metrics, contracts, policy invariants, logs, health and smoke checks, and in total.
   returned: always
   type: dict
 """
@@ -284,6 +347,10 @@ def argument_spec():
         since=dict(type="str"),
         accept_inconclusive=dict(type="bool", default=False),
         raw_output=dict(type="path"),
+        health_url=dict(type="str"),
+        smoke=dict(type="list", elements="dict", default=[]),
+        http_retries=dict(type="int", default=0),
+        http_delay=dict(type="float", default=1),
         fail_on_unverified=dict(type="bool", default=True),
     )
 
@@ -321,6 +388,10 @@ def execute(params, now=None):
     if logs_spec:
         details["logs"], raw["logs"] = _verify.run_logs(logs_spec, since)
     timings["logs"] = round(time.monotonic() - mark, 3)
+    mark = time.monotonic()
+    http_checks = _verify.run_http_checks(http, params.get("health_url"), params.get("smoke"),
+                                          params.get("http_retries"), params.get("http_delay"))
+    timings["http_checks"] = round(time.monotonic() - mark, 3)
     timings["total"] = round(time.monotonic() - started, 3)
 
     checks = {
@@ -329,18 +400,24 @@ def execute(params, now=None):
         "policy_invariants": an.overall([p["result"] for p in details["policy_invariants"]]) or NOT_RUN,
         "logs": details["logs"]["result"] if details["logs"] else NOT_RUN,
     }
-    passed = an.checklist_passes([r for r in checks.values() if r != NOT_RUN], params["accept_inconclusive"])
+    http_failed = [name for name in ("health_check", "smoke_tests") if http_checks[name] == _verify.FAILED]
+    passed = an.checklist_passes([r for r in checks.values() if r != NOT_RUN], params["accept_inconclusive"]) \
+        and not http_failed
     result = {"changed": False, "passed": passed, "checks": checks, "verification_details": details,
-              "timings": timings}
+              "http_checks": http_checks, "timings": timings}
     if params.get("raw_output"):
-        raw.update(checks=checks, passed=passed)
+        raw.update(checks=checks, passed=passed, http_checks=http_checks)
         with open(params["raw_output"], "w") as handle:
             json.dump(raw, handle, indent=2, sort_keys=True, default=str)
             handle.write("\n")
         result["raw_output"] = params["raw_output"]
     problems = ["%s %s" % (name, value) for name, value in sorted(checks.items()) if value not in (an.PASS, NOT_RUN)]
+    problems += ["%s failed (%s)" % (name, "; ".join("%s %s: %s" % (c["method"], c["url"], c["error"]) for c in (
+        [http_checks["health"]] if name == "health_check" else http_checks["smoke"]) if c["result"] == _verify.FAILED))
+        for name in http_failed]
     if passed:
-        result["msg"] = "verified: %s" % ", ".join("%s %s" % kv for kv in sorted(checks.items()))
+        result["msg"] = "verified: %s" % ", ".join("%s %s" % kv for kv in sorted(checks.items()) + sorted(
+            (name, http_checks[name]) for name in ("health_check", "smoke_tests")))
     else:
         result["msg"] = "verification did not pass (%s)%s" % (
             ", ".join(problems),

@@ -457,7 +457,8 @@ def test_rollback_whose_health_endpoint_fails_is_receipted_failed_with_the_check
 
 
 def test_a_failing_smoke_check_fails_the_rollback_while_the_health_check_it_follows_passes(incident, sandbox_env):
-    """The health endpoint and the smoke URLs are checked by one task; each is recorded as itself."""
+    """The health endpoint and the smoke URLs are checked by one task in the worker; each is recorded as itself, and
+    a failing one is retried (http_retries) before it fails the rollback."""
     pb.frontend_with_history(incident.kubectl, incident.namespace)
     opa = sandbox_env["SANDBOX_OPA_URL"]
 
@@ -467,9 +468,11 @@ def test_a_failing_smoke_check_fails_the_rollback_while_the_health_check_it_foll
 
     assert run.status == "failed" and run.count("failures") == 1
     assert run.failed_tasks[-2:] == ["Assert the rollback is verified", "Stop, escalate; do not attempt further rollbacks"]
-    checked = run.task_result("Check the health endpoint answers 2xx and run the smoke checks")["results"]
-    assert [(r["item"]["url"], r.get("status")) for r in checked] == [
-        (opa + "/health", 200), (opa + "/health", 200), (opa + "/nope", 404)]
+    checked = run.task_result("Measure the verification checklist (metrics, contracts, policy invariants, logs) "
+                              "and check health and smoke")["http_checks"]
+    assert (checked["health"]["url"], checked["health"]["status"]) == (opa + "/health", 200)
+    assert [(c["url"], c["status"], c["attempts"]) for c in checked["smoke"]] == [
+        (opa + "/health", 200, 1), (opa + "/nope", 404, 2)]
     verification = incident.receipt("rollback-smoke-fails")["verification"]
     assert (verification["health_check"], verification["smoke_tests"]) == ("passed", "failed")
     assert (verification["rollout_complete"], verification["pods_on_target_images"]) == ("pass", "pass")

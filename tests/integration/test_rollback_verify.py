@@ -244,3 +244,32 @@ def test_check_mode_measures_the_same_and_changes_nothing(tmp_path, prom):
                                                                                   success_condition="result == 1")]},
                             check=True)
     assert not failed and result["passed"] and result["changed"] is False
+
+
+def test_health_and_smoke_checks_answer_from_the_real_endpoints_with_retries(tmp_path, sandbox_env):
+    """The runbooks' health and smoke checks in the module (no uri process): OPA's real answers, a 404 expected and
+    one not, and a port nothing listens on; the failing checks are retried, then fail the checklist."""
+    opa, closed = sandbox_env["SANDBOX_OPA_URL"], "http://127.0.0.1:%d/health" % free_port()
+    failed, result = verify(tmp_path, {
+        "health_url": opa + "/health",
+        "smoke": [{"url": opa + "/health"}, {"url": opa + "/nope", "status": 404},
+                  {"url": opa + "/nope"}, {"url": closed}],
+        "http_retries": 1, "http_delay": 0.2})
+    assert failed and result["passed"] is False
+    checks = result["http_checks"]
+    assert (checks["health_check"], checks["smoke_tests"]) == ("passed", "failed")
+    assert checks["health"]["status"] == 200 and checks["health"]["attempts"] == 1
+    assert [(c["status"], c["attempts"], c["result"]) for c in checks["smoke"]] == [
+        (200, 1, "passed"), (404, 1, "passed"), (404, 2, "failed"), (None, 2, "failed")]
+    assert checks["smoke"][2]["error"] == "status 404, expected 200"
+    assert "refused" in checks["smoke"][3]["error"].lower()
+    assert "smoke_tests failed" in result["msg"] and opa + "/nope" in result["msg"]
+    # Nothing measured: the measured checks stay not_run.
+    assert set(result["checks"].values()) == {"not_run"}
+
+
+def test_a_healthy_endpoint_alone_passes_the_checklist(tmp_path, sandbox_env):
+    failed, result = verify(tmp_path, {"health_url": sandbox_env["SANDBOX_OPA_URL"] + "/health"})
+    assert not failed and result["passed"] is True
+    assert (result["http_checks"]["health_check"], result["http_checks"]["smoke_tests"]) == ("passed", "skipped")
+    assert "health_check passed" in result["msg"]
