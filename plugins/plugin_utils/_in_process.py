@@ -77,11 +77,18 @@ class BytecodeCachingFinder(importlib.abc.MetaPathFinder):
         return None
 
 
-def install_bytecode_cache(meta_path=None):
-    """Put one BytecodeCachingFinder first on ``meta_path`` (sys.meta_path), ahead of ansible-core's loader."""
+@contextlib.contextmanager
+def bytecode_cache(meta_path=None):
+    """A BytecodeCachingFinder first on ``meta_path`` (sys.meta_path), ahead of ansible-core's loader, for the
+    imports of the block only: sys.meta_path is as it was afterwards (ansible-test's import check requires it), and
+    what the module imports later, in a worker, takes ansible-core's path as before."""
     meta_path = sys.meta_path if meta_path is None else meta_path
-    if not any(isinstance(finder, BytecodeCachingFinder) for finder in meta_path):
-        meta_path.insert(0, BytecodeCachingFinder())
+    finder = BytecodeCachingFinder()
+    meta_path.insert(0, finder)
+    try:
+        yield finder
+    finally:
+        meta_path.remove(finder)
 
 
 def module_name_for(action_module_name):
@@ -94,8 +101,8 @@ def module_name_for(action_module_name):
 
 def preload(action_module_name):
     """Import the module's code now (the strategy loads action classes in the controller's main process)."""
-    install_bytecode_cache()
-    return importlib.import_module(module_name_for(action_module_name))
+    with bytecode_cache():
+        return importlib.import_module(module_name_for(action_module_name))
 
 
 def same_interpreter(configured, current=None):

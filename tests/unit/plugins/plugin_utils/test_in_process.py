@@ -177,15 +177,24 @@ def test_a_name_without_a_file_or_without_a_package_path_is_not_found(tmp_path):
     assert finder.find_spec(UTILS + "._missing", None) is None
 
 
-def test_the_finder_goes_first_and_only_once():
+def test_the_finder_goes_first_for_the_preload_only_and_leaves_the_meta_path_as_it_was():
     ansible_finder = object()
     meta_path = [ansible_finder]
 
-    _in_process.install_bytecode_cache(meta_path)
-    _in_process.install_bytecode_cache(meta_path)
+    with _in_process.bytecode_cache(meta_path) as finder:
+        assert meta_path == [finder, ansible_finder]
+    assert meta_path == [ansible_finder]
 
-    assert len(meta_path) == 2 and isinstance(meta_path[0], _in_process.BytecodeCachingFinder)
-    assert meta_path[1] is ansible_finder
+    with pytest.raises(ImportError):
+        with _in_process.bytecode_cache(meta_path):
+            raise ImportError("a module that does not import")
+    assert meta_path == [ansible_finder]
+
+
+def test_preloading_an_action_leaves_sys_meta_path_as_it_was():
+    before = list(sys.meta_path)
+    _in_process.preload("ansible_collections.governed.rollback.plugins.action.rollback_approval")
+    assert sys.meta_path == before
 
 
 def test_the_controller_imports_the_collections_modules_from_bytecode(tmp_path):
