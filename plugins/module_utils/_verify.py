@@ -255,6 +255,18 @@ def run_http_checks(http, health_url=None, smoke=None, retries=0, delay=1.0, sle
     }
 
 
+def http_problems(summary):
+    """One line per failed group of run_http_checks' summary, each failed check with its method, URL and error:
+    ``smoke_tests failed (GET https://...: status 503, expected 200)``."""
+    groups = (("health_check", [summary["health"]] if summary["health"] else []), ("smoke_tests", summary["smoke"]))
+    lines = []
+    for name, checks in groups:
+        if summary[name] == FAILED:
+            failed = ["%s %s: %s" % (c["method"], c["url"], c["error"]) for c in checks if c["result"] == FAILED]
+            lines.append("%s failed (%s)" % (name, "; ".join(failed)))
+    return lines
+
+
 def read_log_lines(path):
     """The JSON objects of the last LOG_TAIL_BYTES of a JSON-lines file; other lines are skipped."""
     with open(path, "rb") as handle:

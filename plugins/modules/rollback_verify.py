@@ -400,9 +400,9 @@ def execute(params, now=None):
         "policy_invariants": an.overall([p["result"] for p in details["policy_invariants"]]) or NOT_RUN,
         "logs": details["logs"]["result"] if details["logs"] else NOT_RUN,
     }
-    http_failed = [name for name in ("health_check", "smoke_tests") if http_checks[name] == _verify.FAILED]
+    http_problems = _verify.http_problems(http_checks)
     passed = an.checklist_passes([r for r in checks.values() if r != NOT_RUN], params["accept_inconclusive"]) \
-        and not http_failed
+        and not http_problems
     result = {"changed": False, "passed": passed, "checks": checks, "verification_details": details,
               "http_checks": http_checks, "timings": timings}
     if params.get("raw_output"):
@@ -412,9 +412,7 @@ def execute(params, now=None):
             handle.write("\n")
         result["raw_output"] = params["raw_output"]
     problems = ["%s %s" % (name, value) for name, value in sorted(checks.items()) if value not in (an.PASS, NOT_RUN)]
-    problems += ["%s failed (%s)" % (name, "; ".join("%s %s: %s" % (c["method"], c["url"], c["error"]) for c in (
-        [http_checks["health"]] if name == "health_check" else http_checks["smoke"]) if c["result"] == _verify.FAILED))
-        for name in http_failed]
+    problems += http_problems
     if passed:
         result["msg"] = "verified: %s" % ", ".join("%s %s" % kv for kv in sorted(checks.items()) + sorted(
             (name, http_checks[name]) for name in ("health_check", "smoke_tests")))

@@ -94,3 +94,11 @@ def test_a_status_that_is_not_a_number_is_refused_before_any_request():
     with pytest.raises(RollbackError, match="status must be an HTTP status"):
         _verify.run_http_checks(http, "health", [{"url": "health", "status": "ok"}], sleep=http.sleep)
     assert http.requests == []
+
+
+def test_each_failed_group_is_one_problem_line_naming_every_failed_check():
+    http = Answers(health=[(200, None)], a=[(503, None)], b=[(200, None)], c=[(None, "GET c: timed out")])
+    summary = _verify.run_http_checks(http, "health", [{"url": "a"}, {"url": "b"}, {"url": "c"}], sleep=http.sleep)
+    assert _verify.http_problems(summary) == [
+        "smoke_tests failed (GET a: status 503, expected 200; GET c: GET c: timed out)"]
+    assert _verify.http_problems(_verify.run_http_checks(Answers(), None, [], sleep=None)) == []
