@@ -170,3 +170,42 @@ def test_deploy_rollback_with_the_postgres_ledger_and_s3_evidence_then_verify_ca
             assert secret not in repr(each.events)
     assert pb.leaked(str(tmp_path), secrets) == []
     assert pb.files_containing(evidence_dir, secrets) == []
+
+
+def test_a_failed_rollbacks_pack_is_sealed_and_locked_in_s3_and_its_receipt_says_where(
+        kubectl, namespace, tmp_path, fleet, ledger_table, sandbox_env):
+    """The rescue preserves the state as it is (the failure phase) and seals the pack: with the S3 store configured
+    that pack is stored and locked like a successful run's, and the failure receipt names the object and its digest
+    (an audit of a failed rollback reads the same place as any other)."""
+    s3, client = fleet["s3"], fleet["client"]
+    pb.frontend_with_history(kubectl, namespace)
+    prefix = "fleet-failed-%s/" % uuid.uuid4().hex[:8]
+    credentials = backend_credentials(fleet)
+    extravars = dict(backend_inventory(fleet, ledger_table, prefix, "GOVERNANCE"), namespace=namespace,
+                     deployment=NAME, evidence_dir=str(tmp_path / "evidence"), target_rev=2,
+                     receipt_ledger=str(tmp_path / "unused" / "ledger.jsonl"),
+                     smoke_urls=[{"url": sandbox_env["SANDBOX_OPA_URL"] + "/no-such-page"}],
+                     deployment_rollback_http_retries=0, **pb.INCIDENT)
+
+    run = pb.run_playbook(tmp_path / "deploy", extravars, envvars=credentials)
+
+    assert run.status == "failed"
+    assert run.failed_tasks[-2:] == ["Assert the rollback is verified", "Stop, escalate; do not attempt further rollbacks"]
+    rows = pg_sql(fleet["pg"], "postgres", "SELECT receipt FROM %s ORDER BY seq" % ledger_table)
+    assert len(rows) == 1
+    receipt = rows[0][0]
+    assert receipt["outcome"] == "failed" and receipt["verification"]["smoke_tests"] == "failed"
+    rollback_id = receipt["rollback_id"]
+    key = "%srollbacks/%s/%s.tar.gz" % (prefix, rollback_id, rollback_id)
+    storage = receipt["evidence_storage"]
+    assert storage["archive_url"] == "%s/%s/%s" % (s3["endpoint"], s3["bucket"], key)
+    assert storage["retention_mode"] == "GOVERNANCE"
+    head = client.head_object(Bucket=s3["bucket"], Key=key, VersionId=storage["archive_version_id"])
+    assert head["ObjectLockMode"] == "GOVERNANCE"
+    body = client.get_object(Bucket=s3["bucket"], Key=key, VersionId=storage["archive_version_id"])["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == receipt["evidence"]["archive_sha256"]
+    # the stored pack is the failure phase's, sealed by the rescue
+    assert os.path.isdir(str(tmp_path / "evidence" / rollback_id / "failure"))
+    for secret in (fleet["pg"]["writer_password"], s3["secret"]):
+        assert secret not in run.stdout and secret not in repr(run.events)
+    assert pb.leaked(str(tmp_path), [fleet["pg"]["writer_password"], s3["secret"]]) == []

@@ -254,6 +254,23 @@ def test_p0_emergency_override_with_the_cto_proceeds(incident):
     assert receipt["post_incident_review"] == "required" and receipt["retroactive_approval_due"]
 
 
+def test_an_evidence_dir_relative_to_the_jobs_directory_is_read_back_from_where_the_pack_was_written(incident):
+    """AWX and ansible-runner start the job in the project directory; an evidence_dir relative to it is where the
+    captures write, and the checks that read the pack back (integrity counts, migration table) find it there, not
+    in the role's or the playbook's own directories. The receipt names the absolute place."""
+    relative = os.path.relpath(incident.evidence_dir, ROOT)
+    assert not os.path.isabs(relative)
+    run = incident.run(evidence_dir=relative)
+    assert run.status == "successful", run.explain()
+    assert versions(incident.pg, incident.db) == SANDBOX_VERSIONS[:2]
+    receipt = incident.receipt()
+    assert receipt["verification"]["integrity_counts_unchanged"] == "pass"
+    assert receipt["verification"]["migration_table_at_target"] == "pass"
+    archive = receipt["evidence"]["archive"]
+    assert archive.startswith(incident.evidence_dir + os.sep) and os.path.isfile(archive)
+    assert run.artifact_data["governed_rollback"]["evidence_archive"] == archive
+
+
 # --- the last resort: restore from the backup ------------------------------------------------------------------------
 
 
