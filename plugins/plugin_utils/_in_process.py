@@ -30,6 +30,7 @@ other than the controller's own, or the variable ``governed_rollback_in_process`
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import importlib.abc
 import importlib.util
@@ -102,7 +103,12 @@ def module_name_for(action_module_name):
 def preload(action_module_name):
     """Import the module's code now (the strategy loads action classes in the controller's main process)."""
     with bytecode_cache():
-        return importlib.import_module(module_name_for(action_module_name))
+        module = importlib.import_module(module_name_for(action_module_name))
+    # What the controller has imported by now (ansible-core, this module and its module_utils) lives as long as the
+    # controller. Frozen, it is left out of every later collection: those of the task workers forked from here, which
+    # would walk the whole inherited heap (and copy its pages), and the one at the interpreter's exit (0.2-0.3 s).
+    gc.freeze()
+    return module
 
 
 def same_interpreter(configured, current=None):

@@ -220,3 +220,27 @@ def test_the_controller_imports_the_collections_modules_from_bytecode(tmp_path):
     assert loaders["ansible_collections.governed.rollback.plugins.module_utils._rollout"] == "SourceFileLoader"
     leaves = [n for n in loaders if n.count(".") == 5]
     assert len(leaves) > 5 and all(loaders[n] == "SourceFileLoader" for n in leaves), loaders
+
+
+def test_what_the_controller_preloads_is_left_out_of_later_garbage_collections(tmp_path):
+    """After a preload the controller's heap so far (ansible's code, the module's) is frozen: the collections in
+    the forked workers and the one at the controller's exit do not walk it again."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+    script = tmp_path / "controller.py"
+    script.write_text(
+        "import gc, json, importlib\n"
+        "from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder\n"
+        "_AnsibleCollectionFinder(paths=[%r])._install()\n"
+        "before = gc.get_freeze_count()\n"
+        "importlib.import_module('ansible_collections.governed.rollback.plugins.action.rollout_undo')\n"
+        "module = importlib.import_module('ansible_collections.governed.rollback.plugins.modules.rollout_undo')\n"
+        "tracked = set(map(id, gc.get_objects()))\n"
+        "print(json.dumps({'before': before, 'after': gc.get_freeze_count(),\n"
+        "                  'main_tracked': id(module.main) in tracked}))\n" % os.path.join(root, "build", "collections"))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False,
+                          env=dict(os.environ, PYTHONPATH=""))
+    assert proc.returncode == 0, proc.stderr
+    frozen = json.loads(proc.stdout)
+
+    assert frozen["before"] == 0 and frozen["after"] > 10000
+    assert frozen["main_tracked"] is False
