@@ -16,6 +16,21 @@ import pytest
 
 from ansible_collections.governed.rollback.plugins.plugin_utils import _in_process
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+
+
+def in_a_fresh_controller(tmp_path, body):
+    """Run ``body`` in a new Python that has ansible-core's collection finder installed for this checkout, as the
+    controller has; return what it printed, as JSON."""
+    script = tmp_path / "controller.py"
+    script.write_text(
+        "from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder\n"
+        "_AnsibleCollectionFinder(paths=[%r])._install()\n" % os.path.join(ROOT, "build", "collections") + body)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False,
+                          env=dict(os.environ, PYTHONPATH=""))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
 
 def test_action_module_names_map_to_the_module_of_the_same_name():
     assert _in_process.module_name_for("ansible_collections.governed.rollback.plugins.action.rollout_undo") == \
@@ -105,9 +120,8 @@ def test_a_main_that_returns_without_a_result_is_a_failure():
 
 
 def test_every_module_has_its_in_process_action_plugin():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
-    modules = sorted(f[:-3] for f in os.listdir(os.path.join(root, "plugins", "modules")) if f.endswith(".py"))
-    actions = sorted(f[:-3] for f in os.listdir(os.path.join(root, "plugins", "action")) if f.endswith(".py"))
+    modules = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "plugins", "modules")) if f.endswith(".py"))
+    actions = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "plugins", "action")) if f.endswith(".py"))
     assert modules and actions == modules
     import importlib
 
@@ -200,21 +214,11 @@ def test_preloading_an_action_leaves_sys_meta_path_as_it_was():
 def test_the_controller_imports_the_collections_modules_from_bytecode(tmp_path):
     """The real collection, loaded as the controller loads it: ansible-core's collection finder, then an action
     plugin's preload; the modules and module_utils it pulls in come through the source loader."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
-    collections = os.path.join(root, "build", "collections")
-    script = tmp_path / "controller.py"
-    script.write_text(
-        "import json, sys\n"
-        "from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder\n"
-        "_AnsibleCollectionFinder(paths=[%r])._install()\n"
-        "import importlib\n"
+    loaders = in_a_fresh_controller(tmp_path, (
+        "import importlib, json, sys\n"
         "importlib.import_module('ansible_collections.governed.rollback.plugins.action.rollout_undo')\n"
         "print(json.dumps(dict((n, type(m.__loader__).__name__) for n, m in sys.modules.items()\n"
-        "      if n.startswith('ansible_collections.governed.rollback.plugins.module'))))\n" % collections)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False,
-                          env=dict(os.environ, PYTHONPATH=""))
-    assert proc.returncode == 0, proc.stderr
-    loaders = json.loads(proc.stdout)
+        "      if n.startswith('ansible_collections.governed.rollback.plugins.module'))))\n"))
 
     assert loaders["ansible_collections.governed.rollback.plugins.modules.rollout_undo"] == "SourceFileLoader"
     assert loaders["ansible_collections.governed.rollback.plugins.module_utils._rollout"] == "SourceFileLoader"
@@ -225,22 +229,14 @@ def test_the_controller_imports_the_collections_modules_from_bytecode(tmp_path):
 def test_what_the_controller_preloads_is_left_out_of_later_garbage_collections(tmp_path):
     """After a preload the controller's heap so far (ansible's code, the module's) is frozen: the collections in
     the forked workers and the one at the controller's exit do not walk it again."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
-    script = tmp_path / "controller.py"
-    script.write_text(
+    frozen = in_a_fresh_controller(tmp_path, (
         "import gc, json, importlib\n"
-        "from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder\n"
-        "_AnsibleCollectionFinder(paths=[%r])._install()\n"
         "before = gc.get_freeze_count()\n"
         "importlib.import_module('ansible_collections.governed.rollback.plugins.action.rollout_undo')\n"
         "module = importlib.import_module('ansible_collections.governed.rollback.plugins.modules.rollout_undo')\n"
         "tracked = set(map(id, gc.get_objects()))\n"
         "print(json.dumps({'before': before, 'after': gc.get_freeze_count(),\n"
-        "                  'main_tracked': id(module.main) in tracked}))\n" % os.path.join(root, "build", "collections"))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False,
-                          env=dict(os.environ, PYTHONPATH=""))
-    assert proc.returncode == 0, proc.stderr
-    frozen = json.loads(proc.stdout)
+        "                  'main_tracked': id(module.main) in tracked}))\n"))
 
     assert frozen["before"] == 0 and frozen["after"] > 10000
     assert frozen["main_tracked"] is False
